@@ -1,0 +1,1 @@
+"""Private helpers shared across jaxleak. Not part of the public API."""

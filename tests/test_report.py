@@ -1,0 +1,31 @@
+"""Tests for jaxleak.report."""
+
+import json
+import math
+
+import numpy as np
+
+from jaxleak import report
+
+
+def test_to_jsonable_and_write_json(tmp_path):
+  data = {"a": np.float32(1.5), "b": np.arange(3), "c": (np.int64(2), float("inf")),
+          "d": {"e": np.bool_(True)}}
+  path = report.write_json(tmp_path / "m.json", data)
+  loaded = json.load(open(path))
+  assert loaded == {"a": 1.5, "b": [0, 1, 2], "c": [2, "inf"], "d": {"e": True}}
+
+
+def test_markdown_table_and_report(tmp_path):
+  table = report.markdown_table([{"x": 1, "y": math.pi}, {"x": 2, "y": 1e6}])
+  lines = table.strip().splitlines()
+  assert lines[0] == "| x | y |"
+  assert lines[2] == "| 1 | 3.142 |"
+  assert lines[3] == "| 2 | 1.000e+06 |"
+  path = report.write_report(tmp_path, "Run", summary={"acc": 0.5},
+                             tables={"T": [{"a": 1}]},
+                             figures={"Curve": str(tmp_path / "c.png")},
+                             config={"lr": 0.1})
+  text = open(path).read()
+  assert "# Run" in text and "| acc | 0.5 |" in text and "![Curve](c.png)" in text
+  assert '"lr": 0.1' in text

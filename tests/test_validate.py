@@ -1,0 +1,42 @@
+"""Tests for the shared input checks (jaxleak._src.validate)."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxleak._src import validate
+
+
+def test_scalar_checks_name_the_argument():
+  with pytest.raises(ValueError, match="f: argument 'lr' must be finite and > 0"):
+    validate.check_positive(-1.0, "lr", fn="f")
+  with pytest.raises(ValueError, match="'lr'"):
+    validate.check_positive(float("nan"), "lr")
+  validate.check_positive(0.0, "noise", allow_zero=True)
+  with pytest.raises(ValueError, match=r"'q' must be in \(0, 1\]"):
+    validate.check_in_range(0.0, "q", 0, 1, inclusive=(False, True))
+  with pytest.raises(ValueError, match="'mode' must be one of 'a', 'b'"):
+    validate.check_choice("c", "mode", ("a", "b"))
+
+
+def test_array_checks():
+  with pytest.raises(ValueError, match=r"'images' must have rank 4 .*got shape \(3, 3\)"):
+    validate.check_images(np.zeros((3, 3)))
+  with pytest.raises(ValueError, match="1 channel"):
+    validate.check_images(np.zeros((1, 4, 4, 3)), channels=1)
+  with pytest.raises(ValueError, match=r"shape \(\*, 3\), got \(2, 4\)"):
+    validate.check_shape(np.zeros((2, 4)), "x", (None, 3))
+
+
+def test_finite_and_structure_checks():
+  tree = {"a": jnp.ones(3), "b": jnp.array([1.0, jnp.nan, jnp.inf])}
+  with pytest.raises(FloatingPointError, match=r"'grads' has 2 non-finite .*\['b'\]"):
+    validate.check_finite(tree, "grads")
+  ref = {"a": jnp.ones((2,)), "b": jnp.ones((3, 4))}
+  with pytest.raises(ValueError, match="different pytree structure"):
+    validate.check_same_structure({"a": jnp.ones(2)}, ref, "g", "params")
+  with pytest.raises(ValueError, match=r"leaf \['b'\] has shape \(3, 5\)"):
+    validate.check_same_structure({"a": jnp.ones(2), "b": jnp.ones((3, 5))}, ref,
+                                  "g", "params")
+  validate.check_same_structure({"a": jnp.ones((7, 2)), "b": jnp.ones((7, 3, 4))},
+                                ref, "g", "params", leading_axes=1)
