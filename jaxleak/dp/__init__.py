@@ -1,0 +1,69 @@
+"""Differentially private training: weight rules, optax transforms, accounting.
+
+Quick start (DP-PSASC chained like any optax optimiser)::
+
+    import jax, optax
+    from jaxleak import dp
+
+    tx = dp.dp_psasc(learning_rate=0.5, noise_multiplier=1.1,
+                     key=jax.random.key(0), expected_batch_size=256)
+    grads = dp.per_example_grads(loss_fn, params, (images, labels))
+    updates, state = tx.update(grads, state, params, mask=mask)
+    params = optax.apply_updates(params, updates)
+"""
+
+from jaxleak.dp import accounting
+from jaxleak.dp.aggregate import add_tree_noise
+from jaxleak.dp.aggregate import dp_aggregate
+from jaxleak.dp.aggregate import dp_auto_s
+from jaxleak.dp.aggregate import dp_psac
+from jaxleak.dp.aggregate import dp_psasc
+from jaxleak.dp.aggregate import dp_sgd
+from jaxleak.dp.aggregate import DPAggregateState
+from jaxleak.dp.aggregate import gaussian_privatizer
+from jaxleak.dp.aggregate import GaussianPrivatizerState
+from jaxleak.dp.per_example import global_norms
+from jaxleak.dp.per_example import per_example_grads
+from jaxleak.dp.per_example import per_example_losses
+from jaxleak.dp.per_example import per_example_norms
+from jaxleak.dp.per_example import weighted_grad_sum
+from jaxleak.dp.per_example import weighted_sum
+from jaxleak.dp.weights import auto_s
+from jaxleak.dp.weights import check_sensitivity
+from jaxleak.dp.weights import clip
+from jaxleak.dp.weights import custom
+from jaxleak.dp.weights import normalize
+from jaxleak.dp.weights import nsgd
+from jaxleak.dp.weights import psac
+from jaxleak.dp.weights import psasc
+from jaxleak.dp.weights import RULES
+from jaxleak.dp.weights import WeightRule
+
+__all__ = (
+    "accounting",
+    "add_tree_noise",
+    "auto_s",
+    "check_sensitivity",
+    "clip",
+    "custom",
+    "dp_aggregate",
+    "dp_auto_s",
+    "dp_psac",
+    "dp_psasc",
+    "dp_sgd",
+    "DPAggregateState",
+    "gaussian_privatizer",
+    "GaussianPrivatizerState",
+    "global_norms",
+    "normalize",
+    "nsgd",
+    "per_example_grads",
+    "per_example_losses",
+    "per_example_norms",
+    "psac",
+    "psasc",
+    "RULES",
+    "weighted_grad_sum",
+    "weighted_sum",
+    "WeightRule",
+)

@@ -1,0 +1,291 @@
+"""DP aggregation as optax gradient transformations.
+
+Two entry points, matching the two contracts users of the peer libraries know:
+
+  * `dp_aggregate(weight_rule, noise_multiplier, key)` takes **per-example**
+    gradients (every leaf ``[B, *param_shape]``), like
+    ``optax.contrib.differentially_private_aggregate``, and must come first in
+    a chain.
+  * `gaussian_privatizer(sensitivity, noise_multiplier, key)` takes an
+    **already weighted sum** (no batch axis), like jax_privacy's privatiser,
+    for people who compute the sum their own way (e.g. with
+    `jaxleak.dp.weighted_grad_sum`).
+
+Formal guarantee (both): with a weight rule of sensitivity ``Delta`` (so one
+example moves the weighted sum by at most ``Delta`` in L2 norm), the released
+update is
+
+    (sum_i w(||g_i||) g_i + N(0, (noise_multiplier * Delta)^2 I)) / B_norm
+
+i.e. the Gaussian mechanism with noise multiplier ``noise_multiplier`` per
+step. Privacy over training then follows from the sampling scheme and
+`jaxleak.dp.accounting`. ``B_norm`` is `expected_batch_size` when given (the
+right choice under Poisson sampling, since the realised size is itself
+private) and otherwise the realised leading axis, as in optax.contrib.
+
+Keys are typed (`jax.random.key`) or ints, are required (no silent default),
+live in the state and are split on every update; the noise for one step is
+drawn once for the whole (global) sum.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxleak._src import validate
+from jaxleak.dp import per_example as per_example_lib
+from jaxleak.dp import weights as weights_lib
+
+__all__ = (
+    "DPAggregateState",
+    "GaussianPrivatizerState",
+    "dp_aggregate",
+    "gaussian_privatizer",
+    "add_tree_noise",
+    "dp_sgd",
+    "dp_auto_s",
+    "dp_psac",
+    "dp_psasc",
+)
+
+
+class DPAggregateState(NamedTuple):
+  """State of `dp_aggregate`.
+
+  Attributes:
+    key: typed PRNG key, split on every update.
+    num_skipped: cumulative count of examples dropped for a non-finite norm.
+  """
+  key: jax.Array
+  num_skipped: jax.Array
+
+
+class GaussianPrivatizerState(NamedTuple):
+  key: jax.Array
+
+
+def _canonical_key(key: Any, fn: str) -> jax.Array:
+  if key is None:
+    raise ValueError(
+        f"{fn}: argument 'key' is required (a jax.random.key or an int seed); "
+        "a fixed default key would add identical noise in every run")
+  if isinstance(key, int):
+    return jax.random.key(key)
+  if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype,
+                                                          jax.dtypes.prng_key):
+    return key
+  if isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,):
+    return jax.random.wrap_key_data(key)  # legacy PRNGKey
+  raise TypeError(f"{fn}: argument 'key' must be a jax.random.key or an int, "
+                  f"got {type(key).__name__}")
+
+
+def add_tree_noise(tree: Any, key: jax.Array, std: jax.Array | float) -> Any:
+  """Adds i.i.d. ``N(0, std^2)`` to every leaf (one key per leaf)."""
+  leaves, treedef = jax.tree.flatten(tree)
+  keys = jax.random.split(key, len(leaves))
+  noisy = [x + std * jax.random.normal(k, x.shape, x.dtype)
+           for x, k in zip(leaves, keys)]
+  return jax.tree.unflatten(treedef, noisy)
+
+
+def _check_noise(noise_multiplier: Any, fn: str) -> None:
+  validate.check_positive(noise_multiplier, "noise_multiplier", fn=fn,
+                          allow_zero=True)
+
+
+def _check_batch_axis(updates: Any, fn: str) -> int:
+  leaves = jax.tree.leaves(updates)
+  if not leaves:
+    raise ValueError(f"{fn}: argument 'updates' has no leaves")
+  sizes = set()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(updates)[0]:
+    if jnp.ndim(leaf) < 1:
+      raise ValueError(
+          f"{fn}: argument 'updates' must hold per-example gradients with the "
+          f"batch axis first; leaf {jax.tree_util.keystr(path)} is a scalar. "
+          "Compute them with jaxleak.dp.per_example_grads (or jax.vmap(jax.grad))")
+    sizes.add(leaf.shape[0])
+  if len(sizes) != 1:
+    raise ValueError(
+        f"{fn}: argument 'updates' must hold per-example gradients with one "
+        f"shared leading batch axis; leading sizes differ: {sorted(sizes)}")
+  return sizes.pop()
+
+
+def dp_aggregate(weight_rule: weights_lib.WeightRule,
+                 noise_multiplier: float, key: jax.Array | int, *,
+                 expected_batch_size: int | None = None
+                 ) -> optax.GradientTransformationExtraArgs:
+  """Weights, sums, noises and normalises per-example gradients.
+
+  ``update(per_example_grads, state, params=None, *, mask=None)`` returns
+
+      (sum_i mask_i w(||g_i||) g_i + N(0, (noise_multiplier * Delta)^2 I)) / B_norm
+
+  where ``Delta = weight_rule.sensitivity`` and ``B_norm`` is
+  `expected_batch_size` if given, else the realised batch axis.
+
+  Examples whose gradient norm is NaN or Inf get weight 0 (their rows never
+  touch the sum) and are counted in ``state.num_skipped``.
+
+  Args:
+    weight_rule: a rule from `jaxleak.dp.weights` (``clip``, ``auto_s``,
+      ``psac``, ``psasc``, ...).
+    noise_multiplier: ``sigma >= 0``; noise std is ``sigma * Delta``.
+    key: typed key or int seed (required).
+    expected_batch_size: normaliser under Poisson sampling; required when a
+      padding ``mask`` is passed.
+
+  Returns:
+    A `GradientTransformationExtraArgs`; put it first in an optax chain.
+
+  Raises:
+    ValueError: negative noise, missing key, per-example gradients without a
+      batch axis, or a mask of the wrong length.
+  """
+  fn = "dp_aggregate"
+  _check_noise(noise_multiplier, fn)
+  if not hasattr(weight_rule, "sensitivity") or not callable(weight_rule):
+    raise TypeError(f"{fn}: argument 'weight_rule' must be a jaxleak.dp weight "
+                    f"rule with a .sensitivity, got {weight_rule!r}")
+  if expected_batch_size is not None:
+    validate.check_positive(expected_batch_size, "expected_batch_size", fn=fn)
+  key = _canonical_key(key, fn)
+  std = float(noise_multiplier) * float(weight_rule.sensitivity)
+
+  def init_fn(params):
+    del params
+    return DPAggregateState(key=key, num_skipped=jnp.zeros((), jnp.int32))
+
+  def update_fn(updates, state, params=None, *, mask=None, **extra_args):
+    del params, extra_args
+    b = _check_batch_axis(updates, fn)
+    if mask is not None:
+      validate.check_shape(mask, "mask", (b,), fn=fn)
+      if expected_batch_size is None:
+        raise ValueError(
+            f"{fn}: a padding 'mask' needs 'expected_batch_size' at construction: "
+            "dividing by the realised number of examples is not private")
+    norms = per_example_lib.global_norms(updates)
+    weights = weight_rule(norms)
+    real = jnp.ones((b,), bool) if mask is None else jnp.asarray(mask).astype(bool)
+    weights = jnp.where(real, weights, 0.0)
+    skipped = jnp.sum(real & ~jnp.isfinite(norms)).astype(jnp.int32)
+    total = per_example_lib.weighted_sum(updates, weights)
+    noise_key, next_key = jax.random.split(state.key)
+    noisy = add_tree_noise(total, noise_key, std)
+    denom = float(expected_batch_size) if expected_batch_size else float(b)
+    out = jax.tree.map(lambda x: x / denom, noisy)
+    return out, DPAggregateState(key=next_key,
+                                 num_skipped=state.num_skipped + skipped)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def gaussian_privatizer(sensitivity: float, noise_multiplier: float,
+                        key: jax.Array | int, *,
+                        expected_batch_size: int | None = None
+                        ) -> optax.GradientTransformationExtraArgs:
+  """Noises an already weighted sum: ``(sum + N(0, (sigma Delta)^2 I)) / B``.
+
+  For sums computed outside `dp_aggregate` (e.g. `weighted_grad_sum`, ghost
+  clipping, a custom kernel). The caller guarantees that one example moves
+  the sum by at most `sensitivity` in L2 norm; the guarantee is then that of
+  `dp_aggregate`.
+
+  Args:
+    sensitivity: ``Delta``, the L2 sensitivity of the incoming sum.
+    noise_multiplier: ``sigma >= 0``.
+    key: typed key or int seed (required).
+    expected_batch_size: divide the noisy sum by this (None: leave it a sum).
+  """
+  fn = "gaussian_privatizer"
+  validate.check_positive(sensitivity, "sensitivity", fn=fn)
+  _check_noise(noise_multiplier, fn)
+  if expected_batch_size is not None:
+    validate.check_positive(expected_batch_size, "expected_batch_size", fn=fn)
+  key = _canonical_key(key, fn)
+  std = float(noise_multiplier) * float(sensitivity)
+  denom = float(expected_batch_size) if expected_batch_size else 1.0
+
+  def init_fn(params):
+    del params
+    return GaussianPrivatizerState(key=key)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    noise_key, next_key = jax.random.split(state.key)
+    noisy = add_tree_noise(updates, noise_key, std)
+    return (jax.tree.map(lambda x: x / denom, noisy),
+            GaussianPrivatizerState(key=next_key))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _finish(aggregate, learning_rate, momentum, nesterov=False):
+  """Post-processing after the private aggregate (costs no privacy)."""
+  if momentum is None or momentum == 0:
+    tail = [optax.scale_by_learning_rate(learning_rate)]
+  else:
+    validate.check_in_range(momentum, "momentum", 0.0, 1.0,
+                            inclusive=(True, False))
+    tail = [optax.trace(decay=momentum, nesterov=nesterov),
+            optax.scale_by_learning_rate(learning_rate)]
+  return optax.chain(aggregate, *[optax.with_extra_args_support(t) for t in tail])
+
+
+def dp_sgd(learning_rate: optax.ScalarOrSchedule, l2_norm_clip: float,
+           noise_multiplier: float, key: jax.Array | int, *,
+           expected_batch_size: int | None = None,
+           momentum: float | None = None) -> optax.GradientTransformationExtraArgs:
+  """DP-SGD (Abadi et al. 2016): clip to `l2_norm_clip`, noise, SGD step."""
+  return _finish(dp_aggregate(weights_lib.clip(l2_norm_clip), noise_multiplier,
+                              key, expected_batch_size=expected_batch_size),
+                 learning_rate, momentum)
+
+
+def dp_auto_s(learning_rate: optax.ScalarOrSchedule, noise_multiplier: float,
+              key: jax.Array | int, *, gamma: float = 0.01,
+              l2_norm_clip: float = 1.0, expected_batch_size: int | None = None,
+              momentum: float | None = None
+              ) -> optax.GradientTransformationExtraArgs:
+  """Auto-S / NSGD: ``w = C / (||g|| + gamma)``, noise, SGD step."""
+  return _finish(dp_aggregate(weights_lib.auto_s(l2_norm_clip, gamma),
+                              noise_multiplier, key,
+                              expected_batch_size=expected_batch_size),
+                 learning_rate, momentum)
+
+
+def dp_psac(learning_rate: optax.ScalarOrSchedule, noise_multiplier: float,
+            key: jax.Array | int, *, r: float = 0.1, l2_norm_clip: float = 1.0,
+            expected_batch_size: int | None = None,
+            momentum: float | None = None
+            ) -> optax.GradientTransformationExtraArgs:
+  """DP-PSAC: ``w = C / (||g|| + r / (||g|| + r))``, noise, SGD step."""
+  return _finish(dp_aggregate(weights_lib.psac(l2_norm_clip, r),
+                              noise_multiplier, key,
+                              expected_batch_size=expected_batch_size),
+                 learning_rate, momentum)
+
+
+def dp_psasc(learning_rate: optax.ScalarOrSchedule, noise_multiplier: float,
+             key: jax.Array | int, *, r: float = 0.1, s: float = 1.0,
+             l2_norm_clip: float = 1.0, momentum: float | None = 0.9,
+             expected_batch_size: int | None = None
+             ) -> optax.GradientTransformationExtraArgs:
+  """DP-PSASC (reconstructed scaling, see `weights.psasc`) with momentum.
+
+  Momentum ``m_t = momentum * m_{t-1} + g_hat_t`` (``optax.trace``) acts on the
+  privatised aggregate ``g_hat_t`` only, so it is post-processing and costs no
+  privacy. ``momentum=None`` gives the plain DP-PSASC step. Note the noise std
+  is ``noise_multiplier * C / s`` (the rule's sensitivity).
+  """
+  return _finish(dp_aggregate(weights_lib.psasc(l2_norm_clip, r, s),
+                              noise_multiplier, key,
+                              expected_batch_size=expected_batch_size),
+                 learning_rate, momentum)
