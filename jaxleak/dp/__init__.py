@@ -28,6 +28,7 @@ from jaxleak.dp.per_example import per_example_losses
 from jaxleak.dp.per_example import per_example_norms
 from jaxleak.dp.per_example import weighted_grad_sum
 from jaxleak.dp.per_example import weighted_sum
+from jaxleak.dp.per_example import WeightedGradSum
 from jaxleak.dp.weights import auto_s
 from jaxleak.dp.weights import check_sensitivity
 from jaxleak.dp.weights import clip
@@ -65,5 +66,6 @@ __all__ = (
     "RULES",
     "weighted_grad_sum",
     "weighted_sum",
+    "WeightedGradSum",
     "WeightRule",
 )

@@ -26,7 +26,7 @@ Both give the same sum up to float rounding (tested).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,11 +40,29 @@ __all__ = (
     "per_example_norms",
     "weighted_sum",
     "weighted_grad_sum",
+    "WeightedGradSum",
     "PATHS",
 )
 
 LossFn = Callable[[Any, Any], jax.Array]
 PATHS = ("vmap", "two_pass")
+
+
+class WeightedGradSum(NamedTuple):
+  """Result of `weighted_grad_sum`.
+
+  Attributes:
+    grad_sum: ``sum_i weights[i] * g_i`` (a params-shaped pytree, no noise).
+    norms: ``[B]`` per-example gradient norms (NaN/Inf for broken examples).
+    weights: ``[B]`` weights used (0 for padding and non-finite examples).
+    losses: ``[B]`` per-example losses, free by-products for logging; entries
+      of rows with weight 0 (padding, skipped) are unspecified, so average
+      them with the mask.
+  """
+  grad_sum: Any
+  norms: jax.Array
+  weights: jax.Array
+  losses: jax.Array
 
 
 def _batch_size(batch: Any, fn: str) -> int:
@@ -139,7 +157,7 @@ def weighted_grad_sum(loss_fn: LossFn, params: Any, batch: Any,
                       weight_rule: Callable[[jax.Array], jax.Array], *,
                       mask: jax.Array | None = None, path: str = "two_pass",
                       microbatch_size: int | None = None
-                      ) -> tuple[Any, jax.Array, jax.Array]:
+                      ) -> WeightedGradSum:
   """Computes ``sum_i mask_i w(||g_i||) g_i`` without noise.
 
   This is the "clipped sum" of jax_privacy's contract: feed it to
@@ -155,23 +173,24 @@ def weighted_grad_sum(loss_fn: LossFn, params: Any, batch: Any,
     microbatch_size: chunk size for per-example work (must divide B).
 
   Returns:
-    ``(weighted_sum, norms, weights)`` where non-finite norms and padded rows
-    have weight 0.
+    A `WeightedGradSum` ``(grad_sum, norms, weights, losses)``; non-finite
+    norms and padded rows have weight 0.
   """
   validate.check_choice(path, "path", PATHS, fn="weighted_grad_sum")
   b = _batch_size(batch, "weighted_grad_sum")
   if mask is not None:
     validate.check_shape(mask, "mask", (b,), fn="weighted_grad_sum")
+  single = _single_example_fn(loss_fn)
   if path == "vmap":
-    grads = per_example_grads(loss_fn, params, batch,
-                              microbatch_size=microbatch_size)
+    value_and_grad = jax.vmap(jax.value_and_grad(single), in_axes=(None, 0))
+    losses, grads = _chunked(lambda chunk: value_and_grad(params, chunk), batch,
+                             microbatch_size, b, "weighted_grad_sum")
     norms = global_norms(grads)
     weights = _masked(weight_rule(norms), mask)
-    return weighted_sum(grads, weights), norms, weights
+    return WeightedGradSum(weighted_sum(grads, weights), norms, weights, losses)
   norms = per_example_norms(loss_fn, params, batch,
                             microbatch_size=microbatch_size)
   weights = jax.lax.stop_gradient(_masked(weight_rule(norms), mask))
-  single = _single_example_fn(loss_fn)
   # A NaN input row would still poison pass 2's backward pass (0 * NaN), so
   # rows with weight 0 are replaced by zeros before the forward pass.
   keep = weights != 0
@@ -182,9 +201,10 @@ def weighted_grad_sum(loss_fn: LossFn, params: Any, batch: Any,
 
   def weighted_loss(p):
     losses = jax.vmap(single, in_axes=(None, 0))(p, safe_batch)
-    return jnp.sum(jnp.where(keep, weights * losses, 0.0))
+    return jnp.sum(jnp.where(keep, weights * losses, 0.0)), losses
 
-  return jax.grad(weighted_loss)(params), norms, weights
+  grad_sum, losses = jax.grad(weighted_loss, has_aux=True)(params)
+  return WeightedGradSum(grad_sum, norms, weights, losses)
 
 
 def _masked(weights: jax.Array, mask: jax.Array | None) -> jax.Array:

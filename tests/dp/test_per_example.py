@@ -43,12 +43,16 @@ def test_per_example_grads_match_a_python_loop():
 def test_two_pass_equals_vmap_path(rule):
   params, batch = _setup()
   mask = jnp.arange(12) < 10
-  a, na, wa = jax.jit(lambda p: dp.weighted_grad_sum(
+  a, na, wa, la = jax.jit(lambda p: dp.weighted_grad_sum(
       _loss_fn, p, batch, rule, mask=mask, path="vmap"))(params)
-  b, nb, wb = jax.jit(lambda p: dp.weighted_grad_sum(
+  b, nb, wb, lb = jax.jit(lambda p: dp.weighted_grad_sum(
       _loss_fn, p, batch, rule, mask=mask, path="two_pass",
       microbatch_size=3))(params)
   np.testing.assert_allclose(na, nb, rtol=1e-5)
+  # Losses of padded rows are unspecified (two-pass zeroes their inputs).
+  np.testing.assert_allclose(la[:10], lb[:10], rtol=1e-5)
+  np.testing.assert_allclose(la, dp.per_example_losses(_loss_fn, params, batch),
+                             rtol=1e-5)
   np.testing.assert_array_equal(np.asarray(wa[10:]), 0.0)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
@@ -58,7 +62,7 @@ def test_nan_example_does_not_poison_either_path():
   params, (x, y) = _setup()
   x = x.at[2].set(jnp.nan)
   for path in dp.per_example.PATHS:
-    total, norms, weights = dp.weighted_grad_sum(_loss_fn, params, (x, y),
+    total, norms, weights, _ = dp.weighted_grad_sum(_loss_fn, params, (x, y),
                                                  dp.clip(1.0), path=path)
     assert not bool(jnp.isfinite(norms[2])) and float(weights[2]) == 0.0
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(total))
