@@ -83,12 +83,27 @@ def _wrap_keys(tree: Any, impls: dict[str, str]) -> Any:
   return jax.tree_util.tree_map_with_path(rewrap, tree)
 
 
+def _key_name(key: Any) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
 def tree_checksum(tree: Any) -> str:
-  """SHA-256 over every leaf's dtype, shape and bytes, in flatten order."""
-  digest = hashlib.sha256()
+  """SHA-256 over every leaf's path, dtype, shape and bytes.
+
+  Paths are reduced to their plain key names and sorted, so the checksum does
+  not depend on container types: a NamedTuple optimiser state restored as a
+  dict (no `target`) hashes like the original.
+  """
+  entries = []
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    entries.append(("/".join(_key_name(k) for k in path), leaf))
+  digest = hashlib.sha256()
+  for name, leaf in sorted(entries, key=lambda e: e[0]):
     arr = np.asarray(leaf)
-    digest.update(jax.tree_util.keystr(path).encode())
+    digest.update(name.encode())
     digest.update(f"{arr.dtype}{arr.shape}".encode())
     digest.update(np.ascontiguousarray(arr).tobytes())
   return digest.hexdigest()

@@ -122,3 +122,15 @@ def test_bad_arguments(tmp_path):
       ckpt.save(1, {"w": jnp.zeros(())}, {"bad": object()})
     with pytest.raises(ValueError, match="'step'"):
       ckpt.save(-1, {"w": jnp.zeros(())})
+
+
+def test_restore_without_target_passes_the_checksum(tmp_path):
+  """Plain-dict restores (no target) must verify like typed restores."""
+  state = _state()
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state)
+    raw, _ = ckpt.restore()
+  np.testing.assert_array_equal(raw["params"]["dense"]["kernel"],
+                                state["params"]["dense"]["kernel"])
+  np.testing.assert_array_equal(raw["opt_state"][0]["mu"]["dense"]["bias"],
+                                state["opt_state"][0].mu["dense"]["bias"])
