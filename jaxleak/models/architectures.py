@@ -168,7 +168,8 @@ class CNNMnist(nn.Module):
 
   Conv(16, 8x8, s2, SAME) - act - MaxPool(2, s1) - Conv(32, 4x4, s2, VALID) -
   act - MaxPool(2, s1) - flatten - Dense(32) - act - Dense(num_classes).
-  26,010 parameters on 28x28x1 with 10 classes.
+  26,010 parameters on 28x28x1 with 10 classes. On inputs too small for the
+  VALID 4x4 convolution (e.g. 8x8 digits) that convolution pads SAME.
   """
 
   num_classes: int
@@ -183,7 +184,10 @@ class CNNMnist(nn.Module):
     inits = dict(kernel_init=self.kernel_init, bias_init=self.bias_init)
     x = nn.Conv(16, (8, 8), strides=2, padding="SAME", name="conv0", **inits)(x)
     x = nn.max_pool(act(x), (2, 2), strides=(1, 1), padding="VALID")
-    x = nn.Conv(32, (4, 4), strides=2, padding="VALID", name="conv1", **inits)(x)
+    # Inputs below ~11x11 (sklearn digits are 8x8) leave a map smaller than
+    # the 4x4 kernel here; pad SAME then so the network still applies.
+    pad = "VALID" if min(x.shape[-3:-1]) >= 4 else "SAME"
+    x = nn.Conv(32, (4, 4), strides=2, padding=pad, name="conv1", **inits)(x)
     x = nn.max_pool(act(x), (2, 2), strides=(1, 1), padding="VALID")
     x = _flatten(x)
     x = act(nn.Dense(32, name="dense0", **inits)(x))

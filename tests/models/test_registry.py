@@ -248,3 +248,12 @@ def test_non_bn_model_has_no_stats(get_model):
   logits, stats = jax.eval_shape(apply_fn.with_bn_stats, params, x)
   assert stats == [] and logits.shape == (2, 10)
   assert apply_fn.bn_running_stats(params) == []
+
+
+def test_cnn_mnist_applies_to_8x8_digits(get_model):
+  # The VALID 4x4 conv falls back to SAME on tiny inputs: 8x8 -> 4x4 -> 3x3
+  # -> conv1 (SAME, s2) 2x2 -> pool 1x1 -> 32 features.
+  apply_fn, params = get_model("cnn_mnist", (8, 8, 1))
+  x = jax.ShapeDtypeStruct((3, 8, 8, 1), jnp.float32)
+  assert jax.eval_shape(apply_fn, params, x).shape == (3, 10)
+  assert models.param_count(params) == 1040 + 8224 + (32 * 32 + 32) + 330
