@@ -1,0 +1,319 @@
+"""Per-sample DP step throughput and peak memory: jaxleak vs optax.contrib vs Opacus.
+
+Every configuration (model x batch x method) runs in its own subprocess, so
+the reported peak RSS is that method's own high-water mark (framework runtime
+included, for every method alike). Throughput is samples per second of a full
+training step (forward, per-sample work, noise, update), measured after
+compilation/warm-up, over at least `--min-time` seconds.
+
+Methods:
+  jaxleak_psasc_two_pass   dp_psasc step, two-pass path (norms, then one
+                           weighted backward pass; no B x params buffer)
+  jaxleak_psasc_vmap       dp_psasc step, vmap(grad) per-example gradients
+  jaxleak_nonprivate       plain jitted SGD step (the cost floor)
+  optax_contrib            vmap(grad) + optax.contrib.differentially_private_aggregate
+  opacus                   Opacus 1.6 GradSampleModule + DPOptimizer (bench extra)
+  torch_nonprivate         plain PyTorch SGD step (reference)
+
+Before timing, `--check` (on by default) verifies on cnn_mnist that jaxleak and
+Opacus produce the same parameters after one noiseless clipped step from the
+same weights, so both sides compute the same thing.
+
+Usage:
+  python benchmarks/dp_throughput.py                      # full grid
+  python benchmarks/dp_throughput.py --models cnn_mnist --batches 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+JAX_METHODS = ("jaxleak_psasc_two_pass", "jaxleak_psasc_vmap",
+               "jaxleak_nonprivate", "optax_contrib")
+TORCH_METHODS = ("opacus", "torch_nonprivate")
+SHAPES = {"cnn_mnist": (28, 28, 1), "cnn_cifar": (32, 32, 3)}
+DEFAULT_JAX = "jaxleak_psasc_two_pass"
+
+
+def peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _timeit(step, state, min_time, min_steps=3):
+  """Runs `state = step(state)` after 2 warm-up calls; returns seconds/step."""
+  for _ in range(2):
+    state = step(state)
+  n, start = 0, time.perf_counter()
+  while n < min_steps or time.perf_counter() - start < min_time:
+    state = step(state)
+    n += 1
+  return (time.perf_counter() - start) / n
+
+
+# ----------------------------------------------------------------------------- JAX
+def run_jax(model: str, batch: int, method: str, min_time: float) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from jaxleak import dp, models  # pylint: disable=g-import-not-at-top
+  from jaxleak.dp import training as dp_training  # pylint: disable=g-import-not-at-top
+
+  shape = SHAPES[model]
+  apply_fn, params = models.create(model, 10, shape, jax.random.key(0))
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.random((batch,) + shape, np.float32))
+  y = jnp.asarray(rng.integers(0, 10, batch), jnp.int32)
+  mask = jnp.ones(batch, bool)
+
+  def loss_fn(p, b):
+    return models.cross_entropy_loss(apply_fn(p, b[0]), b[1])
+
+  if method.startswith("jaxleak_psasc"):
+    path = method.rsplit("_", 1)[-1] if method.endswith("vmap") else "two_pass"
+    rule = dp.psasc(1.0, 0.1, 1.0)
+    opt = dp_training.make_dp_optimizer(rule, 1.0, jax.random.key(1),
+                                        expected_batch_size=batch,
+                                        learning_rate=0.1, momentum=0.9)
+    train_step = dp_training.make_dp_train_step(apply_fn, rule, opt, path=path)
+    def step(state):
+      p, s = state
+      p, s, m = train_step(p, s, x, y, mask)
+      m.loss.block_until_ready()
+      return p, s
+    state = (params, opt.init(params))
+  elif method == "jaxleak_nonprivate":
+    opt = optax.sgd(0.1, momentum=0.9)
+    @jax.jit
+    def sgd_step(p, s):
+      g = jax.grad(loss_fn)(p, (x, y))
+      u, s = opt.update(g, s, p)
+      return optax.apply_updates(p, u), s
+    def step(state):
+      p, s = sgd_step(*state)
+      jax.tree.leaves(p)[0].block_until_ready()
+      return p, s
+    state = (params, opt.init(params))
+  elif method == "optax_contrib":
+    opt = optax.chain(
+        optax.contrib.differentially_private_aggregate(1.0, 1.0, key=1),
+        optax.sgd(0.1, momentum=0.9))
+    @jax.jit
+    def contrib_step(p, s):
+      g = dp.per_example_grads(loss_fn, p, (x, y))
+      u, s = opt.update(g, s, p)
+      return optax.apply_updates(p, u), s
+    def step(state):
+      p, s = contrib_step(*state)
+      jax.tree.leaves(p)[0].block_until_ready()
+      return p, s
+    state = (params, opt.init(params))
+  else:
+    raise ValueError(f"unknown JAX method {method!r}")
+  sec = _timeit(step, state, min_time)
+  return {"samples_per_s": batch / sec, "step_ms": sec * 1e3,
+          "peak_rss_mb": peak_rss_mb()}
+
+
+# --------------------------------------------------------------------------- torch
+def torch_model(model: str):
+  """PyTorch twins of jaxleak's cnn_mnist / cnn_cifar (NCHW, same layers)."""
+  import torch.nn as nn  # pylint: disable=g-import-not-at-top
+  if model == "cnn_mnist":
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 8, stride=2, padding=3), nn.Tanh(),
+        nn.MaxPool2d(2, stride=1),
+        nn.Conv2d(16, 32, 4, stride=2), nn.Tanh(), nn.MaxPool2d(2, stride=1),
+        nn.Flatten(), nn.Linear(32 * 4 * 4, 32), nn.Tanh(), nn.Linear(32, 10))
+  layers, c_in = [], 3
+  for c in (32, 64, 128):
+    layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.Tanh(),
+               nn.Conv2d(c, c, 3, padding=1), nn.Tanh(), nn.AvgPool2d(2)]
+    c_in = c
+  return nn.Sequential(*layers, nn.Flatten(), nn.Linear(128 * 4 * 4, 128),
+                       nn.Tanh(), nn.Linear(128, 10))
+
+
+def run_torch(model: str, batch: int, method: str, min_time: float) -> dict:
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  torch.set_num_threads(os.cpu_count() or 1)
+  h, w, c = SHAPES[model]
+  x = torch.rand(batch, c, h, w).contiguous()  # NCHW (Opacus needs contiguous)
+  y = torch.randint(0, 10, (batch,))
+  net = torch_model(model)
+  if method == "opacus":
+    from opacus import GradSampleModule  # pylint: disable=g-import-not-at-top
+    from opacus.optimizers import DPOptimizer  # pylint: disable=g-import-not-at-top
+    net = GradSampleModule(net)
+    opt = DPOptimizer(torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9),
+                      noise_multiplier=1.0, max_grad_norm=1.0,
+                      expected_batch_size=batch)
+  else:
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+  def step(state):
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(net(x), y).backward()
+    opt.step()
+    return state
+  sec = _timeit(step, None, min_time)
+  return {"samples_per_s": batch / sec, "step_ms": sec * 1e3,
+          "peak_rss_mb": peak_rss_mb()}
+
+
+def check_same_step() -> float:
+  """Relative param difference, jaxleak clip vs Opacus, after one noiseless step."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  from opacus import GradSampleModule  # pylint: disable=g-import-not-at-top
+  from opacus.optimizers import DPOptimizer  # pylint: disable=g-import-not-at-top
+  from jaxleak import dp, models  # pylint: disable=g-import-not-at-top
+  from jaxleak.dp import training as dp_training  # pylint: disable=g-import-not-at-top
+
+  def _t(a):  # a fresh array with standard strides; see the note below
+    return torch.from_numpy(np.array(a, order="C", copy=True))
+
+  apply_fn, params = models.create("cnn_mnist", 10, (28, 28, 1), jax.random.key(0))
+  net = torch_model("cnn_mnist")
+  p = jax.device_get(params)["params"]
+  convs = [m for m in net if isinstance(m, torch.nn.Conv2d)]
+  dense = [m for m in net if isinstance(m, torch.nn.Linear)]
+  with torch.no_grad():
+    for m, name in zip(convs, ("conv0", "conv1")):
+      m.weight.copy_(_t(np.transpose(p[name]["kernel"], (3, 2, 0, 1))))
+      m.bias.copy_(torch.tensor(p[name]["bias"]))
+    # Flax flattens NHWC (h, w, c); torch flattens NCHW (c, h, w).
+    k = p["dense0"]["kernel"].reshape(4, 4, 32, 32).transpose(2, 0, 1, 3)
+    dense[0].weight.copy_(_t(k.reshape(512, 32).T))
+    dense[0].bias.copy_(torch.tensor(p["dense0"]["bias"]))
+    dense[1].weight.copy_(_t(p["head"]["kernel"].T))
+    dense[1].bias.copy_(torch.tensor(p["head"]["bias"]))
+  rng = np.random.default_rng(0)
+  xb = rng.random((16, 28, 28, 1), np.float32)
+  yb = rng.integers(0, 10, 16)
+  gsm = GradSampleModule(net)
+  opt = DPOptimizer(torch.optim.SGD(gsm.parameters(), lr=0.5), noise_multiplier=0.0,
+                    max_grad_norm=0.1, expected_batch_size=16)
+  opt.zero_grad()
+  # A fresh .copy() matters: with C=1, a transposed NHWC array counts as
+  # contiguous for numpy (np.ascontiguousarray returns it unchanged) and for
+  # torch (.contiguous() is a no-op), yet keeps channels-last strides, with
+  # which Opacus 1.6's hooks compute wrong per-sample conv gradients.
+  x_nchw = torch.from_numpy(xb.transpose(0, 3, 1, 2).copy())
+  F.cross_entropy(gsm(x_nchw), torch.tensor(yb)).backward()
+  opt.step()
+  rule = dp.clip(0.1)
+  jopt = dp_training.make_dp_optimizer(rule, 0.0, jax.random.key(0),
+                                       expected_batch_size=16, learning_rate=0.5)
+  step = dp_training.make_dp_train_step(apply_fn, rule, jopt)
+  new, _, _ = step(params, jopt.init(params), xb, yb, np.ones(16, bool))
+  new = jax.device_get(new)["params"]
+  torch_new = {
+      "conv0": np.transpose(convs[0].weight.detach().numpy(), (2, 3, 1, 0)),
+      "conv1": np.transpose(convs[1].weight.detach().numpy(), (2, 3, 1, 0)),
+      "head": dense[1].weight.detach().numpy().T,
+  }
+  # Relative to how far each layer moved, so small layers are not hidden.
+  rels = {k: float(np.abs(torch_new[k] - new[k]["kernel"]).max()
+                  / np.abs(new[k]["kernel"] - p[k]["kernel"]).max())
+            for k in torch_new}
+  rel = max(rels.values())
+  moved = float(np.abs(new["head"]["kernel"] - p["head"]["kernel"]).max())
+  return rel, moved
+
+
+# -------------------------------------------------------------------------- driver
+def worker(args) -> None:
+  fn = run_torch if args.method in TORCH_METHODS else run_jax
+  print(json.dumps(fn(args.model, args.batch, args.method, args.min_time)))
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--models", nargs="+", default=list(SHAPES))
+  ap.add_argument("--batches", nargs="+", type=int, default=[64, 256, 1024])
+  ap.add_argument("--methods", nargs="+", default=list(JAX_METHODS + TORCH_METHODS))
+  ap.add_argument("--min-time", type=float, default=4.0)
+  ap.add_argument("--no-check", action="store_true")
+  ap.add_argument("--out", default=None, help="write results JSON here")
+  ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  ap.add_argument("--model", help=argparse.SUPPRESS)
+  ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+  ap.add_argument("--method", help=argparse.SUPPRESS)
+  args = ap.parse_args()
+  if args.worker:
+    worker(args)
+    return
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env.pop("XLA_FLAGS", None)  # one CPU device, all cores, like Opacus
+  have_torch = subprocess.run([sys.executable, "-c", "import torch, opacus"],
+                              capture_output=True).returncode == 0
+  methods = [m for m in args.methods if m in JAX_METHODS or have_torch]
+  if not have_torch:
+    print("torch/opacus not installed: skipping Opacus and PyTorch rows "
+          "(pip install torch==2.13.0 && pip install -e '.[bench]')")
+  if have_torch and not args.no_check:
+    out = subprocess.run([sys.executable, "-c",
+                          "import sys; sys.path.insert(0, %r); import dp_throughput as d;"
+                          "print(*d.check_same_step())" % HERE],
+                         capture_output=True, text=True, env=env)
+    if out.returncode:
+      print(out.stderr[-2000:])
+      raise SystemExit("equivalence check failed to run")
+    diff, moved = map(float, out.stdout.split()[-2:])
+    print(f"check: one noiseless clipped step, jaxleak vs Opacus: max param "
+          f"difference = {diff:.2e} of each layer's update (head moved "
+          f"{moved:.2e})")
+    if diff > 1e-3:
+      raise SystemExit("jaxleak and Opacus disagree; not timing different things")
+  results = []
+  for model in args.models:
+    for batch in args.batches:
+      for method in methods:
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--model",
+               model, "--batch", str(batch), "--method", method, "--min-time",
+               str(args.min_time)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode:
+          row = {"error": proc.stderr.strip().splitlines()[-1][:200]}
+        else:
+          row = json.loads(proc.stdout.strip().splitlines()[-1])
+        row.update(model=model, batch=batch, method=method)
+        results.append(row)
+        print(f"{model:10s} B={batch:<5d} {method:24s} "
+              + (f"{row['samples_per_s']:9.0f} samples/s  {row['peak_rss_mb']:7.0f} MB"
+                 if "error" not in row else f"ERROR {row['error']}"), flush=True)
+  print("\nRatios measured in this run (samples/s; peak RSS):")
+  print(f"| model | batch | {DEFAULT_JAX} / opacus | / optax_contrib | "
+        "/ jaxleak_nonprivate | peak MB jaxleak / opacus |")
+  print("|---|---|---|---|---|---|")
+  get = {(r["model"], r["batch"], r["method"]): r for r in results}
+  for model in args.models:
+    for batch in args.batches:
+      ours = get.get((model, batch, DEFAULT_JAX), {})
+      def ratio(other, key="samples_per_s"):
+        o = get.get((model, batch, other), {})
+        if key in ours and key in o:
+          return f"{ours[key] / o[key]:.2f}x"
+        return "n/a"
+      print(f"| {model} | {batch} | {ratio('opacus')} | {ratio('optax_contrib')} "
+            f"| {ratio('jaxleak_nonprivate')} | {ratio('opacus', 'peak_rss_mb')} |")
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()

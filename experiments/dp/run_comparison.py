@@ -1,0 +1,167 @@
+"""Runs the DP-PSASC comparison grid and writes tables and a plot.
+
+Thin launcher: all logic is jaxleak's (`jaxleak.dp.training`). Results are
+appended to `results.jsonl` as each run finishes, so an interrupted sweep
+resumes by rerunning the same command. See configs/comparison.py.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/dp_comparison", "output folder")
+
+
+def method_grid(cfg):
+  """(method name, DPTrainConfig kwargs) for every method in the study."""
+  m = cfg.momentum
+  grid = [(f"dp_sgd(C={c:g})", dict(rule="clip", l2_norm_clip=c,
+                                    learning_rate=cfg.base_lr / c, momentum=None))
+          for c in cfg.dp_sgd_clips]
+  grid += [
+      ("dp_auto_s", dict(rule="auto_s", gamma=cfg.auto_s_gamma,
+                         learning_rate=cfg.base_lr, momentum=None)),
+      ("dp_psac", dict(rule="psac", r=cfg.psac_r, learning_rate=cfg.base_lr,
+                       momentum=None)),
+      ("dp_psasc", dict(rule="psasc", r=cfg.psasc_r, s=cfg.psasc_s,
+                        learning_rate=cfg.base_lr, momentum=None)),
+      ("dp_psasc+momentum", dict(rule="psasc", r=cfg.psasc_r, s=cfg.psasc_s,
+                                 learning_rate=cfg.base_lr * (1 - m),
+                                 momentum=m)),
+  ]
+  return grid
+
+
+def run_all(cfg, workdir):
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxleak import data, models, sharding  # pylint: disable=g-import-not-at-top
+  from jaxleak.dp import accounting  # pylint: disable=g-import-not-at-top
+  from jaxleak.dp import training as dp_training  # pylint: disable=g-import-not-at-top
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
+  # Seeds of one (dataset, epsilon, method) compile to the same program.
+  jax.config.update("jax_compilation_cache_dir",
+                    os.path.join(workdir, ".jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  path = os.path.join(workdir, "results.jsonl")
+  done = set()
+  if os.path.exists(path):
+    for line in open(path):
+      r = json.loads(line)
+      done.add((r["dataset"], r["method"], r["epsilon"], r["seed"]))
+  mesh = sharding.data_mesh(1)  # 2 CPU cores: sharding buys nothing here
+  grid = method_grid(cfg)
+  total = (len(cfg.datasets) * len(cfg.epsilons) * len(cfg.seeds) * len(grid))
+  bar = tqdm(total=total, initial=len(done), desc="dp comparison", unit="run")
+  for ds_name in cfg.datasets:
+    train = data.load(ds_name, "train")
+    test = data.load(ds_name, "test")
+    b = cfg.expected_batch_size[ds_name]
+    q = b / len(train)
+    steps = max(1, round(cfg.epochs * len(train) / b))
+    for eps in cfg.epsilons:
+      sigma = None
+      for seed in cfg.seeds:
+        for method, kwargs in grid:
+          key = (ds_name, method, float(eps), int(seed))
+          if key in done:
+            continue
+          if sigma is None:
+            sigma = accounting.calibrate_noise(
+                eps, sample_rate=q, steps=steps, delta=cfg.delta,
+                accountant=cfg.accountant)
+          apply_fn, params = models.create(cfg.model, train.num_classes,
+                                           train.image_shape,
+                                           jax.random.key(seed))
+          config = dp_training.DPTrainConfig(
+              noise_multiplier=sigma, target_epsilon=None, delta=cfg.delta,
+              epochs=cfg.epochs, expected_batch_size=b, seed=seed,
+              accountant=cfg.accountant, path=cfg.path, **kwargs)
+          res = dp_training.train_dp_classifier(
+              apply_fn, params, train, test, config, mesh=mesh, progress=False,
+              eval_every=steps)
+          row = {"dataset": ds_name, "method": method, "epsilon": float(eps),
+                 "seed": int(seed), "test_accuracy": res.test_accuracy,
+                 "epsilon_spent": res.epsilon, "noise_multiplier": sigma,
+                 "steps": res.steps, "wall_time_s": res.wall_time_s}
+          with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+          bar.update(1)
+          bar.set_postfix(ds=ds_name, eps=eps, method=method,
+                          acc=f"{res.test_accuracy:.3f}")
+  bar.close()
+  return [json.loads(line) for line in open(path)]
+
+
+def summarise(rows, cfg, workdir):
+  from jaxleak import metrics, report  # pylint: disable=g-import-not-at-top
+  groups = {}
+  for r in rows:
+    groups.setdefault((r["dataset"], r["method"], r["epsilon"]), []).append(
+        r["test_accuracy"])
+  table, csv_lines = [], ["dataset,method,epsilon,mean,std,n"]
+  for ds in cfg.datasets:
+    for eps in cfg.epsilons:
+      # DP-SGD: keep the best clipping bound for this (dataset, epsilon).
+      sgd = {k[1]: v for k, v in groups.items()
+             if k[0] == ds and k[2] == eps and k[1].startswith("dp_sgd")}
+      best = max(sgd, key=lambda m: np.mean(sgd[m])) if sgd else None
+      for (d, method, e), accs in sorted(groups.items()):
+        if d != ds or e != eps:
+          continue
+        shown = method
+        if method.startswith("dp_sgd"):
+          if method != best:
+            continue
+          shown = f"dp_sgd (best {method[len('dp_sgd'):]})"
+        table.append({"dataset": ds, "epsilon": eps, "method": shown,
+                      "accuracy": f"{100 * np.mean(accs):.2f} ± "
+                                  f"{100 * np.std(accs):.2f}",
+                      "seeds": len(accs)})
+      for (d, method, e), accs in sorted(groups.items()):
+        if d == ds and e == eps:
+          csv_lines.append(f"{ds},{method},{eps},{np.mean(accs):.4f},"
+                           f"{np.std(accs):.4f},{len(accs)}")
+  with open(os.path.join(workdir, "results.csv"), "w") as f:
+    f.write("\n".join(csv_lines) + "\n")
+  figures = {}
+  for ds in cfg.datasets:
+    curves = {}
+    methods = sorted({k[1] for k in groups if k[0] == ds})
+    for method in methods:
+      xs = sorted(e for (d, m, e) in groups if d == ds and m == method)
+      curves[method] = (xs, [100 * np.mean(groups[(ds, method, e)]) for e in xs])
+    figures[f"Test accuracy vs epsilon ({ds})"] = metrics.save_curves(
+        curves, os.path.join(workdir, f"accuracy_vs_epsilon_{ds}.png"),
+        xlabel="epsilon (delta = %g)" % cfg.delta, ylabel="test accuracy (%)",
+        title=f"{cfg.model} on {ds}")
+  md = report.markdown_table(table, ["dataset", "epsilon", "method", "accuracy",
+                                     "seeds"])
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(md)
+  report.write_report(workdir, "DP-PSASC comparison: test accuracy vs epsilon",
+                      tables={"Test accuracy (%), mean ± std over seeds": table},
+                      figures=figures, config=cfg.to_dict())
+  print(md)
+
+
+def main(argv):
+  del argv
+  cfg = _CONFIG.value
+  workdir = _WORKDIR.value
+  os.makedirs(workdir, exist_ok=True)
+  rows = run_all(cfg, workdir)
+  summarise(rows, cfg, workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)
