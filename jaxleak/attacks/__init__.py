@@ -1,0 +1,1 @@
+"""Privacy attacks: gradient inversion and membership inference."""
