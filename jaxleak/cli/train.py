@@ -17,7 +17,7 @@ def register(subparsers) -> None:
   _common.add_model_args(p, default="cnn_mnist")
   _common.add_data_args(p)
   p.add_argument("--epochs", type=int, default=20)
-  p.add_argument("--batch-size", type=int, default=128)
+  p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (cosine decay)")
   p.add_argument("--weight-decay", type=float, default=0.0)
   p.add_argument("--checkpoint-every", type=int, default=200, help="steps")
