@@ -18,6 +18,7 @@ SUBCOMMANDS = (
     "info",
     "train",
     "dp",
+    "prior",
     "unlearn",
 )
 
