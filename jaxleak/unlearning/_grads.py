@@ -92,7 +92,7 @@ class SubsetGradient:
 
   def __init__(self, apply_fn: ApplyFn, unravel: Callable, images: np.ndarray,
                labels: np.ndarray, *, mesh: jax.sharding.Mesh | None = None,
-               chunk_size: int = 1024):
+               chunk_size: int = 128):
     self.apply_fn = apply_fn
     self.unravel = unravel
     self.mesh = mesh

@@ -67,6 +67,41 @@ class SGDRecipe(NamedTuple):
                int(d["seed"]))
 
 
+class Unravel:
+  """Flat vector -> params pytree; equal (and hashing equal) per layout.
+
+  `jax.flatten_util.ravel_pytree` returns a fresh closure on every call, and
+  a fresh static argument makes `jax.jit` recompile. This one compares by
+  (treedef, shapes, dtypes), so jitted steps are reused across calls.
+  """
+
+  def __init__(self, params: Params):
+    leaves, self.treedef = jax.tree.flatten(params)
+    self.shapes = tuple(tuple(np.shape(x)) for x in leaves)
+    self.dtypes = tuple(str(jnp.asarray(x).dtype) for x in leaves)
+    self._key = (self.treedef, self.shapes, self.dtypes)
+
+  def __call__(self, flat: jax.Array) -> Params:
+    out, start = [], 0
+    for shape, dtype in zip(self.shapes, self.dtypes):
+      size = math.prod(shape)
+      out.append(flat[start:start + size].reshape(shape).astype(dtype))
+      start += size
+    return jax.tree.unflatten(self.treedef, out)
+
+  def __eq__(self, other: Any) -> bool:
+    return isinstance(other, Unravel) and self._key == other._key
+
+  def __hash__(self) -> int:
+    return hash(self._key)
+
+
+def flatten(params: Params) -> tuple[jax.Array, Unravel]:
+  """`(flat float vector, Unravel)`: `ravel_pytree` with a reusable inverse."""
+  flat, _ = ravel_pytree(params)
+  return flat, Unravel(params)
+
+
 def sgd_recipe(epochs: int, batch_size: int, learning_rate: float, *,
                schedule: str = "step", l2: float = 0.0, seed: int = 0
                ) -> SGDRecipe:

@@ -21,12 +21,12 @@ import inspect
 from typing import Any, NamedTuple, Protocol
 
 import jax
-from jax.flatten_util import ravel_pytree
 import numpy as np
 
 from jaxleak import checkpoint as checkpoint_lib
 from jaxleak._src import validate
 from jaxleak.data.dataset import as_arrays
+from jaxleak.unlearning import _sgd
 from jaxleak.unlearning import history as history_lib
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
@@ -205,6 +205,6 @@ def prepare(model: Any, history: Any, forget_indices: Any, data: Any,
   forget = check_forget_indices(forget_indices, n, fn)
   keep = np.ones(n, bool)
   keep[forget] = False
-  w_star, unravel = ravel_pytree(params)
+  w_star, unravel = _sgd.flatten(params)
   return Problem(apply_fn, np.asarray(images), np.asarray(labels), forget, keep,
                  w_star, unravel)

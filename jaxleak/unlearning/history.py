@@ -36,7 +36,6 @@ import os
 from typing import Any, NamedTuple
 
 import jax
-from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
 import numpy as np
 
@@ -197,7 +196,7 @@ def train_with_history(apply_fn: ApplyFn, params: Params, data: Any,
   validate.check_choice(on_budget, "on_budget", BUDGET_POLICIES, fn=fn)
   validate.check_finite(params, "params", fn=fn)
 
-  w0, unravel = ravel_pytree(params)
+  w0, unravel = _sgd.flatten(params)
   if w0.dtype != jnp.float32:
     raise TypeError(f"{fn}: argument 'params' must be float32, got {w0.dtype}")
   p = int(w0.size)

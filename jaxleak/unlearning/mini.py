@@ -13,26 +13,39 @@ Retained objective, with n = |D|, r = |R| and L2 strength lam:
 
   F_{-R}(w) = 1/(n-r) sum_{i not in R} l_i(w) + lam/2 ||w||^2.
 
-Update map (Banach fixed-point iteration):
+Update map (Banach fixed-point iteration), anchored at the trained model:
 
-  T_k(w) = w - eta H_k grad F_{-R}(w),    w_0 = w*,    w_{k+1} = T_k(w_k).
+  T_k(w) = w - eta H_k (grad F_{-R}(w) - a),   a = grad F_D(w*) + lam w*,
+  w_0 = w*,   w_{k+1} = T_k(w_k).
 
-With H_k = I ("none") T is the gradient map of the spec: for mu-strongly
-convex, L-smooth F_{-R} and 0 < eta < 2/L it is a contraction,
-||T(u) - T(v)|| <= q ||u - v||, q = max(|1 - eta mu|, |1 - eta L|) < 1, so the
-iterates converge geometrically to the retrained optimum w_{-R} whatever the
-unlearning ratio. For an ill-conditioned F_{-R} (q close to 1) a few steps do
-little, so by default ("lbfgs") H_k is the L-BFGS inverse-Hessian estimate;
-then T_k is a variable-metric map whose contraction factor on a quadratic
-is ||I - eta H_k A|| (small when H_k ~ A^{-1}), with no global guarantee.
+Contraction. With H_k = I ("none") this is the gradient map of the spec
+shifted by the constant a: for mu-strongly convex, L-smooth F_{-R} and
+0 < eta < 2/L, ||T(u) - T(v)|| <= q ||u - v||, q = max(|1 - eta mu|,
+|1 - eta L|) < 1 (the shift does not change the Jacobian), so the iterates
+converge geometrically to the unique fixed point whatever the unlearning
+ratio. An ill-conditioned F_{-R} has q close to 1, so by default ("lbfgs")
+H_k is the L-BFGS inverse-Hessian estimate: a variable-metric map whose
+contraction factor on a quadratic is ||I - eta H_k A|| (small when
+H_k ~ A^{-1}), with no global guarantee.
+
+Anchor (why a, a "minimal historical gradient"). Write grad F for the
+regularised gradients. The fixed point solves grad F_{-R}(w) = grad F_D(w*):
+it moves w* by the change of optimum caused by removing R. For quadratic
+losses with Hessian A and minimisers b of F_{-R} and c of F_D,
+w_fix = w* + (b - c) exactly. When the original run stopped short of c
+(early stopping, SGD noise: w* = c + e), the retrained run (same init, same
+batches minus R) carries a similar error e, and w_fix = b + e tracks it,
+whereas the un-anchored map (a = 0, ``anchor=False``, the spec's
+formulation) converges to the exact minimiser b and so undoes e. With R
+empty, w* itself is the fixed point.
 
 Where the history enters ("minimal gradient dependence"): the training
 history stores only grad F_D(w*) and m epoch-end snapshots (w_j, grad
 F_D(w_j)), i.e. m + 1 gradients instead of DeltaGrad's T.
 
 1. First step without the retained pass. By linearity of the mean,
-   grad F_{-R}(w*) = (n grad F_D(w*) - sum_{i in R} grad l_i(w*)) / (n - r)
-   + lam w*, so step 0 needs only the r forget-set gradients.
+   grad F_{-R}(w*) - a = r / (n - r) (grad F_D(w*) - grad F_R(w*)), so step
+   0 needs only the r forget-set gradients and the cached grad F_D(w*).
 2. Curvature from the history. The pairs s_j = w* - w_j,
    y_j = grad F_D(w*) - grad F_D(w_j) + lam s_j seed the L-BFGS memory
    (F_D and F_{-R} have close Hessians for a random R), so the first steps
@@ -43,10 +56,12 @@ F_D(w_j)), i.e. m + 1 gradients instead of DeltaGrad's T.
    grad F_{-R}(w_{k+1}) - grad F_{-R}(w_k)) to the memory when it satisfies
    the curvature condition.
 
-Cost: r + (k - 1)(n - r) example gradients for k steps, against
-epochs * (n - r) (minibatch) for retraining, so the speed-up is roughly
-epochs / k; no approximation error grows with the ratio, unlike DeltaGrad,
-because no gradient is extrapolated away from where it was computed.
+Cost: r + (k - 1)(n - r) example gradients for k steps (the last step needs
+no gradient at its end point), against epochs * (n - r) for retraining, so
+the speed-up is about epochs / (k - 1 + r / (n - r)); no
+approximation error grows with the ratio, unlike DeltaGrad, because no
+gradient is extrapolated away from where it was computed. On non-convex
+models nothing guarantees a contraction; `max_step_norm` bounds each step.
 """
 
 from __future__ import annotations
@@ -74,7 +89,8 @@ class ContractionTrace(NamedTuple):
 
   Attributes:
     params: the final parameters w_k (pytree).
-    grad_norms: float [k + 1], ||grad F_{-R}(w_j)|| at w_0 = w*, ..., w_k.
+    grad_norms: float [k], ||grad F_{-R}(w_j) - a|| at w_0 = w*, ...,
+      w_{k-1} (the gradients the steps used).
     step_norms: float [k], ||w_{j+1} - w_j||.
     iterates: float32 [k + 1, P] flat iterates if requested, else None.
     retained_passes: full passes over D \\ R that were computed.
@@ -101,15 +117,16 @@ def _contract(apply_fn, unravel, w, g, mem, x, y, m, count, lam, offset, eta,
   """k contraction steps as one scan; returns (w_k, per-step outputs)."""
   grad_sum = _grads.grad_sum_fn(apply_fn, unravel, chunk, mesh)
 
-  def body(carry, _):
-    w, g, mem = carry
-    if precondition == "lbfgs":
-      d = -lbfgs.inverse_hessian_product(mem, g)
-    else:
-      d = -g
+  def direction(g, mem):
+    d = -lbfgs.inverse_hessian_product(mem, g) if precondition == "lbfgs" else -g
     d = eta * d
     # Trust region (max_norm = inf disables it).
-    d = d * jnp.minimum(1.0, max_norm / jnp.maximum(jnp.linalg.norm(d), 1e-30))
+    return d * jnp.minimum(1.0, max_norm / jnp.maximum(jnp.linalg.norm(d),
+                                                       1e-30))
+
+  def body(carry, _):
+    w, g, mem = carry
+    d = direction(g, mem)
     w_next = w + d
     g_next = grad_sum(w_next, x, y, m) / count + lam * w_next - offset
     if precondition == "lbfgs":
@@ -119,8 +136,16 @@ def _contract(apply_fn, unravel, w, g, mem, x, y, m, count, lam, offset, eta,
            w_next if keep_iterates else None)
     return (w_next, g_next, mem), out
 
-  (w, _, _), outs = jax.lax.scan(body, (w, g, mem), None, length=steps)
-  return w, outs
+  # The last step needs no gradient at its end point: k steps cost k - 1
+  # retained passes after the cached first gradient.
+  (w, g, mem), (g_norms, d_norms, its) = jax.lax.scan(
+      body, (w, g, mem), None, length=steps - 1)
+  d = direction(g, mem)
+  w_last = w + d
+  d_norms = jnp.concatenate([d_norms, jnp.linalg.norm(d)[None]])
+  if keep_iterates:
+    its = jnp.concatenate([its, w_last[None]])
+  return w_last, (g_norms, d_norms, its)
 
 
 def contraction_unlearning(model: base.Model, history: Any,
@@ -131,7 +156,7 @@ def contraction_unlearning(model: base.Model, history: Any,
                            cached_curvature: bool = True,
                            max_step_norm: float | None = None,
                            mesh: jax.sharding.Mesh | None = None,
-                           chunk_size: int = 1024,
+                           chunk_size: int = 128,
                            anchor: bool = True,
                            keep_iterates: bool = False) -> ContractionTrace:
   """Runs the Mini-Unlearning contraction and returns its trace.
@@ -151,6 +176,9 @@ def contraction_unlearning(model: base.Model, history: Any,
       trust region for non-convex models).
     mesh: optional ``("data",)`` mesh: gradients are sharded over it.
     chunk_size: examples per sequential chunk on each device.
+    anchor: subtract a = grad F_D(w*) + lam w* (the cached full gradient) so
+      that w* is the fixed point when R is empty; False iterates towards the
+      exact minimiser of F_{-R} (see the module docstring).
     keep_iterates: also return every iterate (memory k P floats).
 
   Returns:
@@ -224,7 +252,8 @@ def contraction_unlearning(model: base.Model, history: Any,
       params=prob.unravel(w_k),
       grad_norms=np.r_[float(jnp.linalg.norm(g)), np.asarray(g_norms)],
       step_norms=np.asarray(d_norms), iterates=iterates,
-      retained_passes=retained_passes + steps, forget_passes=forget_passes)
+      retained_passes=retained_passes + steps - 1,
+      forget_passes=forget_passes)
 
 
 @base.register("mini_unlearning")
@@ -235,7 +264,7 @@ def mini_unlearning(model: base.Model, history: Any, forget_indices: Any,
                     cached_gradient: bool = True, cached_curvature: bool = True,
                     max_step_norm: float | None = None,
                     mesh: jax.sharding.Mesh | None = None,
-                    chunk_size: int = 1024, anchor: bool = True) -> Params:
+                    chunk_size: int = 128, anchor: bool = True) -> Params:
   """Mini-Unlearning (reconstructed contraction design; see the module doc).
 
   Args: as `contraction_unlearning`.

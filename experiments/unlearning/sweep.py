@@ -1,0 +1,264 @@
+"""Sweep unlearning methods over forget ratios and seeds; write a table.
+
+  python experiments/unlearning/sweep.py \\
+      --config experiments/unlearning/configs/cnn_mnist.py --out runs/sweep_cnn
+
+For every seed the model is trained once with its unlearning history (stored
+in ``OUT/seed<s>``, resumable); for every ratio a random forget set is drawn
+and retraining plus every configured method are evaluated
+(`jaxleak.unlearning.evaluation`). Each (seed, ratio) cell is saved as JSON
+as soon as it finishes, so an interrupted sweep resumes where it stopped.
+Outputs: ``results.csv`` (one row per seed, ratio and model),
+``summary.csv`` and ``table.md`` (mean and std over seeds) and
+``sweep.png`` (distance to retraining, forget-set MIA AUC and time against
+the ratio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import os
+import sys
+import time
+
+COLUMNS = ("test_accuracy", "forget_accuracy", "distance_to_retrain",
+           "run_time_s", "wall_time_s", "speedup_vs_retrain", "mia_loss_auc",
+           "mia_loss_tpr_at_1pct_fpr", "mia_efficacy", "mia_lira_auc")
+
+
+def load_config(path: str):
+  spec = importlib.util.spec_from_file_location("sweep_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--config", required=True, help="a file defining get_config()")
+  p.add_argument("--out", required=True, help="output folder")
+  p.add_argument("--devices", type=int, default=None,
+                 help="virtual CPU devices to create (before jax starts)")
+  p.add_argument("--seeds", default=None, help="override, e.g. 0,1")
+  p.add_argument("--ratios", default=None, help="override, e.g. 0.1,0.3")
+  p.add_argument("--epochs", type=int, default=None, help="override")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  if args.devices and args.devices > 1:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count="
+                               f"{args.devices}").strip()
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from jaxleak import data, models, report, sharding  # pylint: disable=g-import-not-at-top
+  from jaxleak import unlearning as ul  # pylint: disable=g-import-not-at-top
+  from jaxleak.attacks import membership as mia  # pylint: disable=g-import-not-at-top
+  from jaxleak.unlearning import evaluation  # pylint: disable=g-import-not-at-top
+
+  cfg = load_config(args.config)
+  if args.seeds:
+    cfg.seeds = tuple(int(s) for s in args.seeds.split(","))
+  if args.ratios:
+    cfg.ratios = tuple(float(r) for r in args.ratios.split(","))
+  if args.epochs:
+    cfg.epochs = args.epochs
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, "config.json"), "w") as f:
+    json.dump(cfg.to_dict(), f, indent=2, default=str)
+  train = data.load(cfg.dataset, "train")
+  test = data.load(cfg.dataset, "test")
+  mesh = sharding.data_mesh(cfg.devices or None)
+  model_kwargs = dict(cfg.model_kwargs)
+  if "hidden" in model_kwargs:
+    model_kwargs["hidden"] = tuple(model_kwargs["hidden"])
+
+  def create(key):
+    return models.create(cfg.model, train.num_classes, train.image_shape, key,
+                         **model_kwargs)
+
+  start = time.perf_counter()
+  for seed in cfg.seeds:
+    seed_dir = os.path.join(args.out, f"seed{seed}")
+    apply_fn, params0 = create(jax.random.key(seed))
+    recipe = ul.sgd_recipe(cfg.epochs, cfg.batch_size, cfg.learning_rate,
+                           schedule=cfg.schedule, l2=cfg.l2, seed=seed)
+    t0 = time.perf_counter()
+    history = ul.train_with_history(apply_fn, params0, train, recipe,
+                                    snapshots=cfg.snapshots, workdir=seed_dir,
+                                    on_budget="stride")
+    print(f"[seed {seed}] history ready ({history.nbytes / 2**20:.0f} MiB, "
+          f"{time.perf_counter() - t0:.0f} s)", flush=True)
+    model = ul.Model(apply_fn, history.final_params)
+    shadows = None
+    if cfg.lira_shadows:
+      shadows = _shadows(cfg, seed, create, train, recipe, mia, optax, jax,
+                         evaluation, apply_fn)
+    methods = {}
+    for name, kw in cfg.methods.items():
+      kw = dict(kw)
+      if name == "mini_unlearning":
+        kw["mesh"] = mesh
+      methods[name] = ul.get(name, **kw)
+    for ratio in cfg.ratios:
+      cell = os.path.join(seed_dir, f"ratio{ratio}.json")
+      if os.path.exists(cell):
+        continue
+      n = len(train)
+      rng = np.random.default_rng([seed, int(round(ratio * 1e4))])
+      forget = np.sort(rng.choice(n, int(round(ratio * n)), replace=False))
+      t0 = time.perf_counter()
+      results = evaluation.evaluate_unlearning(
+          model, history, forget, train, test, methods, shadows=shadows,
+          warmup=cfg.warmup, seed=seed)
+      rows = [{"seed": seed, "ratio": ratio, "model": name, **res.metrics}
+              for name, res in results.items()]
+      report.write_json(cell, {"rows": rows})
+      mini = results.get("mini_unlearning")
+      msg = (f" mini: dist {mini.metrics['distance_to_retrain']:.3f} vs "
+             f"orig {results['original'].metrics['distance_to_retrain']:.3f}"
+             if mini else "")
+      print(f"[seed {seed}] ratio {ratio}: {time.perf_counter() - t0:.0f} s;"
+            f"{msg}", flush=True)
+  rows = []
+  for seed in cfg.seeds:
+    for ratio in cfg.ratios:
+      with open(os.path.join(args.out, f"seed{seed}", f"ratio{ratio}.json")) as f:
+        rows.extend(json.load(f)["rows"])
+  write_tables(rows, args.out, cfg, np)
+  print(f"sweep done in {time.perf_counter() - start:.0f} s; wrote "
+        f"{args.out}/table.md, summary.csv, results.csv, sweep.png")
+  return 0
+
+
+def _shadows(cfg, seed, create, train, recipe, mia, optax, jax, evaluation,
+             apply_fn):
+  """Shadow models on random halves of D with the target's SGD recipe."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  s = cfg.lira_shadows
+  in_masks = mia.shadow_in_masks(len(train), s, seed=1000 + seed)
+  inits = mia.stack_params([create(jax.random.key(10_000 + 100 * seed + k))[1]
+                            for k in range(s)])
+  steps = -(-int(in_masks[0].sum()) // recipe.batch_size)
+  lrs = jnp.asarray(recipe.learning_rates)
+  schedule = lambda count: lrs[jnp.minimum(count // steps, lrs.size - 1)]
+  opt = optax.chain(optax.add_decayed_weights(recipe.l2), optax.sgd(schedule))
+  params = mia.train_shadow_models(apply_fn, inits, train.images, train.labels,
+                                   in_masks, opt, epochs=recipe.epochs,
+                                   batch_size=recipe.batch_size, seed=seed)
+  return evaluation.Shadows(params, in_masks)
+
+
+def write_tables(rows, out, cfg, np):
+  """results.csv, summary.csv (mean/std over seeds), table.md, sweep.png."""
+  keys = ["seed", "ratio", "model"] + [c for c in COLUMNS if c in rows[0]]
+  with open(os.path.join(out, "results.csv"), "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+  cols = [c for c in COLUMNS if c in rows[0]]
+  models_order = ["original", "retrain"] + list(cfg.methods)
+  summary = []
+  for ratio in cfg.ratios:
+    for m in models_order:
+      sel = [r for r in rows if r["ratio"] == ratio and r["model"] == m]
+      if not sel:
+        continue
+      entry = {"ratio": ratio, "model": m, "seeds": len(sel)}
+      for c in cols:
+        vals = np.array([float(r[c]) for r in sel], float)
+        entry[c + "_mean"] = float(np.nanmean(vals))
+        entry[c + "_std"] = float(np.nanstd(vals))
+      summary.append(entry)
+  with open(os.path.join(out, "summary.csv"), "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=list(summary[0]))
+    w.writeheader()
+    w.writerows(summary)
+  shown = [c for c in ("test_accuracy", "forget_accuracy",
+                       "distance_to_retrain", "run_time_s",
+                       "speedup_vs_retrain", "mia_loss_auc", "mia_efficacy",
+                       "mia_lira_auc") if c in cols]
+  lines = [f"# Unlearning sweep: {cfg.name} ({cfg.model} on {cfg.dataset}, "
+           f"{cfg.epochs} epochs, {len(cfg.seeds)} seeds, mean ± std)\n",
+           "| ratio | model | " + " | ".join(shown) + " |",
+           "|---|---|" + "---|" * len(shown)]
+  for e in summary:
+    cells = []
+    for c in shown:
+      mean, std = e[c + "_mean"], e[c + "_std"]
+      fmt = ".2f" if c in ("run_time_s", "speedup_vs_retrain") else ".4f"
+      cells.append(f"{mean:{fmt}} ± {std:{fmt}}")
+    lines.append(f"| {e['ratio']:g} | {e['model']} | " + " | ".join(cells)
+                 + " |")
+  lines.append("")
+  lines.append(acceptance(summary, cfg))
+  with open(os.path.join(out, "table.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  plot(summary, out, cfg, models_order)
+
+
+def acceptance(summary, cfg) -> str:
+  """The issue's targets for mini_unlearning at the largest ratio."""
+  ratio = max(cfg.ratios)
+  get = {e["model"]: e for e in summary if e["ratio"] == ratio}
+  if "mini_unlearning" not in get:
+    return ""
+  mini, rt = get["mini_unlearning"], get["retrain"]
+  lines = [f"## Targets for mini_unlearning at ratio {ratio:g}\n"]
+  d_acc = abs(mini["test_accuracy_mean"] - rt["test_accuracy_mean"]) * 100
+  lines.append(f"- test accuracy within 1 point of retrain: {d_acc:.2f} points "
+               f"-> {'reached' if d_acc <= 1 else 'NOT reached'}")
+  d_auc = abs(mini["mia_loss_auc_mean"] - rt["mia_loss_auc_mean"])
+  lines.append(f"- forget-set MIA AUC within 0.05 of retrain's: "
+               f"{mini['mia_loss_auc_mean']:.4f} vs {rt['mia_loss_auc_mean']:.4f}"
+               f" -> {'reached' if d_auc <= 0.05 else 'NOT reached'}")
+  for other in ("finetune", "deltagrad"):
+    if other in get:
+      a, b = mini["distance_to_retrain_mean"], get[other][
+          "distance_to_retrain_mean"]
+      lines.append(f"- distance to retrain smaller than {other}: {a:.4f} vs "
+                   f"{b:.4f} -> {'reached' if a < b else 'NOT reached'}")
+  sp = mini["speedup_vs_retrain_mean"]
+  lines.append(f"- at least 5x faster than retraining (run time, compilation "
+               f"excluded): {sp:.2f}x -> {'reached' if sp >= 5 else 'NOT reached'}")
+  return "\n".join(lines) + "\n"
+
+
+def plot(summary, out, cfg, models_order):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  panels = [("distance_to_retrain", "||w - w_retrain||"),
+            ("mia_loss_auc", "forget-set MIA AUC (loss)"),
+            ("run_time_s", "run time (s)")]
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  for ax, (col, label) in zip(axes, panels):
+    for m in models_order:
+      es = [e for e in summary if e["model"] == m]
+      if not es or (col == "run_time_s" and m == "original"):
+        continue
+      x = [e["ratio"] for e in es]
+      ax.errorbar(x, [e[col + "_mean"] for e in es],
+                  yerr=[e[col + "_std"] for e in es], marker="o", capsize=3,
+                  label=m)
+    ax.set_xscale("log")
+    ax.set_xlabel("forget ratio")
+    ax.set_ylabel(label)
+    if col in ("distance_to_retrain", "run_time_s"):
+      ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+  axes[0].legend(fontsize=8)
+  fig.suptitle(f"{cfg.name}: {cfg.model} on {cfg.dataset}")
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, "sweep.png"), dpi=100)
+  plt.close(fig)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
