@@ -17,6 +17,7 @@ see `jaxleak.unlearning.mini`), "retrain" (gold standard), "finetune",
 "neg_grad" and "deltagrad" (Wu et al. 2020).
 """
 
+from jaxleak.unlearning import evaluation
 from jaxleak.unlearning import lbfgs
 from jaxleak.unlearning._sgd import SCHEDULES
 from jaxleak.unlearning._sgd import sgd_recipe
@@ -32,6 +33,8 @@ from jaxleak.unlearning.baselines import finetune
 from jaxleak.unlearning.baselines import neg_grad
 from jaxleak.unlearning.baselines import retrain
 from jaxleak.unlearning.deltagrad import deltagrad
+from jaxleak.unlearning.evaluation import evaluate_unlearning
+from jaxleak.unlearning.evaluation import Shadows
 from jaxleak.unlearning.history import history_bytes
 from jaxleak.unlearning.history import load_history
 from jaxleak.unlearning.history import save_history
@@ -44,6 +47,7 @@ from jaxleak.unlearning.mini import mini_unlearning
 __all__ = (
     "ContractionTrace",
     "Model",
+    "Shadows",
     "SCHEDULES",
     "SGDRecipe",
     "TrainingHistory",
@@ -53,6 +57,8 @@ __all__ = (
     "check_forget_indices",
     "contraction_unlearning",
     "deltagrad",
+    "evaluate_unlearning",
+    "evaluation",
     "finetune",
     "get",
     "history_bytes",

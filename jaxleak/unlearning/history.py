@@ -110,11 +110,20 @@ class TrainingHistory(NamedTuple):
 
 
 def data_checksum(images: np.ndarray, labels: np.ndarray) -> str:
-  """SHA-256 (hex, 16 chars) of the examples' shapes and bytes."""
+  """A 16-hex-digit fingerprint of a training set (catches the wrong data).
+
+  Hashes the shapes, every label and an evenly strided sample of at most
+  2^18 pixel values, so it costs about a millisecond even for large sets;
+  it detects another dataset, subset or order, not deliberate tampering.
+  """
   digest = hashlib.sha256()
-  for a in (np.asarray(images, np.float32), np.asarray(labels, np.int32)):
-    digest.update(str(a.shape).encode())
-    digest.update(np.ascontiguousarray(a).tobytes())
+  images = np.asarray(images, np.float32)
+  labels = np.ascontiguousarray(np.asarray(labels, np.int32))
+  flat = images.reshape(-1)
+  stride = max(1, flat.size // 2**18)
+  digest.update(f"{images.shape}{labels.shape}".encode())
+  digest.update(labels.tobytes())
+  digest.update(np.ascontiguousarray(flat[::stride]).tobytes())
   return digest.hexdigest()[:16]
 
 
