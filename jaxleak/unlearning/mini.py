@@ -35,9 +35,21 @@ losses with Hessian A and minimisers b of F_{-R} and c of F_D,
 w_fix = w* + (b - c) exactly. When the original run stopped short of c
 (early stopping, SGD noise: w* = c + e), the retrained run (same init, same
 batches minus R) carries a similar error e, and w_fix = b + e tracks it,
-whereas the un-anchored map (a = 0, ``anchor=False``, the spec's
+whereas the un-anchored map (a = 0, ``anchor=False``, ``prox=0``: the spec's
 formulation) converges to the exact minimiser b and so undoes e. With R
 empty, w* itself is the fixed point.
+
+Proximal term (early stopping). The original and retrained runs stop after
+a total step length tau = sum_t eta_t, so in directions of curvature
+h << 1/tau neither moved far from w_0, whereas w_fix applies the full shift
+A^{-1} (grad F_D(w*) - grad F_{-R}(w*)) there and overshoots; unchecked, the
+iteration even runs away along those directions. Gradient descent stopped
+at tau acts like ridge regression with strength 1/tau (filter
+(1 - exp(-tau h)) / h ~ 1 / (h + 1/tau); Ali, Kolter & Tibshirani 2019), so
+the map adds rho/2 ||w - w*||^2 with rho = 1/tau (``prox="auto"``): the
+retained objective becomes (mu + rho)-strongly convex, w* stays the fixed
+point for R empty, and the fixed point approximates w* + (I - E)(b - c),
+E = prod_t (I - eta_t A), which is what retraining computes for quadratics.
 
 Where the history enters ("minimal gradient dependence"): the training
 history stores only grad F_D(w*) and m epoch-end snapshots (w_j, grad
@@ -148,6 +160,12 @@ def _contract(apply_fn, unravel, w, g, mem, x, y, m, count, lam, offset, eta,
   return w_last, (g_norms, d_norms, its)
 
 
+def learning_time(recipe: _sgd.SGDRecipe, n: int) -> float:
+  """tau = sum_t eta_t, the total step length of the recipe on n examples."""
+  return _sgd.steps_per_epoch(n, recipe.batch_size) * float(
+      sum(recipe.learning_rates))
+
+
 def contraction_unlearning(model: base.Model, history: Any,
                            forget_indices: Any, data: Any, *, steps: int = 5,
                            step_size: float | None = None,
@@ -158,6 +176,7 @@ def contraction_unlearning(model: base.Model, history: Any,
                            mesh: jax.sharding.Mesh | None = None,
                            chunk_size: int = 128,
                            anchor: bool = True,
+                           prox: float | str = "auto",
                            keep_iterates: bool = False) -> ContractionTrace:
   """Runs the Mini-Unlearning contraction and returns its trace.
 
@@ -179,6 +198,10 @@ def contraction_unlearning(model: base.Model, history: Any,
     anchor: subtract a = grad F_D(w*) + lam w* (the cached full gradient) so
       that w* is the fixed point when R is empty; False iterates towards the
       exact minimiser of F_{-R} (see the module docstring).
+    prox: strength rho >= 0 of the proximal term rho/2 ||w - w*||^2 that
+      mimics the implicit regularisation of the original run's early
+      stopping; "auto" uses rho = 1 / sum_t eta_t of the recipe (see the
+      module docstring), 0 disables it.
     keep_iterates: also return every iterate (memory k P floats).
 
   Returns:
@@ -202,15 +225,22 @@ def contraction_unlearning(model: base.Model, history: Any,
           f"(jaxleak.sharding.data_mesh), got axes {tuple(mesh.shape)}")
 
   n, r = prob.n, prob.r
-  lam = jnp.float32(history.recipe.l2)
+  if prox == "auto":
+    prox = 1.0 / learning_time(history.recipe, n)
+  validate.check_positive(prox, "prox", fn=fn, allow_zero=True)
+  # The proximal term rho/2 ||w - w*||^2 adds rho to the curvature and
+  # rho w* to the constant of the gradient.
+  rho = jnp.float32(prox)
+  lam = jnp.float32(history.recipe.l2) + rho
   eta = jnp.float32(step_size)
   retained = _grads.SubsetGradient(
       prob.apply_fn, prob.unravel, prob.images[prob.keep],
       prob.labels[prob.keep], mesh=mesh, chunk_size=chunk_size)
 
   w = prob.w_star
-  offset = ((jnp.asarray(history.full_grad) + lam * w) if anchor
-            else jnp.zeros_like(w))
+  lam0 = jnp.float32(history.recipe.l2)
+  offset = ((jnp.asarray(history.full_grad) + lam0 * w) if anchor
+            else jnp.zeros_like(w)) + rho * w
 
   def retained_grad(w):
     return retained(w) / (n - r) + lam * w - offset
@@ -264,7 +294,8 @@ def mini_unlearning(model: base.Model, history: Any, forget_indices: Any,
                     cached_gradient: bool = True, cached_curvature: bool = True,
                     max_step_norm: float | None = None,
                     mesh: jax.sharding.Mesh | None = None,
-                    chunk_size: int = 128, anchor: bool = True) -> Params:
+                    chunk_size: int = 128, anchor: bool = True,
+                    prox: float | str = "auto") -> Params:
   """Mini-Unlearning (reconstructed contraction design; see the module doc).
 
   Args: as `contraction_unlearning`.
@@ -277,4 +308,4 @@ def mini_unlearning(model: base.Model, history: Any, forget_indices: Any,
       precondition=precondition, memory=memory,
       cached_gradient=cached_gradient, cached_curvature=cached_curvature,
       max_step_norm=max_step_norm, mesh=mesh, chunk_size=chunk_size,
-      anchor=anchor).params
+      anchor=anchor, prox=prox).params

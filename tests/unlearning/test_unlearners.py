@@ -76,7 +76,7 @@ def test_gradient_map_contracts_geometrically(model, trained, forget30, digits):
   lam = history.recipe.l2
   # The retrained optimum, to high accuracy, by the preconditioned iteration.
   fast = ul.contraction_unlearning(model, history, forget30, train, steps=60,
-                                   anchor=False, keep_iterates=True)
+                                   anchor=False, prox=0.0, keep_iterates=True)
   w_opt, unravel = ravel_pytree(fast.params)
   assert fast.grad_norms[-1] < 1e-4 * fast.grad_norms[0]
   keep = np.ones(len(train), bool)
@@ -100,7 +100,7 @@ def test_gradient_map_contracts_geometrically(model, trained, forget30, digits):
   q = 1.0 - eta * lam
   trace = ul.contraction_unlearning(
       model, history, forget30, train, steps=25, precondition="none",
-      step_size=eta, anchor=False, keep_iterates=True)
+      step_size=eta, anchor=False, prox=0.0, keep_iterates=True)
   d = np.linalg.norm(trace.iterates - np.asarray(w_opt)[None], axis=1)
   ratios = d[1:] / d[:-1]
   # The contraction bound, with slack for the non-quadratic loss.
@@ -121,6 +121,13 @@ def test_mini_unlearning_beats_finetune_at_30_percent(model, trained, forget30,
   d_mini = _dist(mini, retrained30)
   assert d_mini < 0.6 * d_orig
   assert d_mini < _dist(ft, retrained30)
+
+
+def test_trained_model_is_the_fixed_point_when_nothing_is_forgotten(
+    model, trained, digits):
+  _, history = trained
+  out = ul.mini_unlearning(model, history, [], digits[0], steps=3)
+  np.testing.assert_allclose(_flat(out), _flat(model.params), atol=1e-6)
 
 
 def test_cached_first_gradient_equals_retained_gradient(model, trained,
