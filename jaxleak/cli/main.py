@@ -20,6 +20,7 @@ SUBCOMMANDS = (
     "dp",
     "prior",
     "unlearn",
+    "attack",
 )
 
 
