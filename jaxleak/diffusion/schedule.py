@@ -83,7 +83,9 @@ class StepOutput(NamedTuple):
 
 
 def _from_betas(betas: np.ndarray) -> NoiseSchedule:
-  betas = np.asarray(betas, np.float64)
+  # Betas are stored in float32; derive everything from those stored values
+  # so that a schedule rebuilt from saved betas is bit-identical.
+  betas = np.asarray(betas, np.float32).astype(np.float64)
   alphas = 1.0 - betas
   # Cumulative product in float64, stored in float32: less drift at large T.
   alpha_bars = np.cumprod(alphas)
