@@ -45,6 +45,8 @@ def parse_args(argv=None):
   p.add_argument("--seeds", default=None, help="override, e.g. 0,1")
   p.add_argument("--ratios", default=None, help="override, e.g. 0.1,0.3")
   p.add_argument("--epochs", type=int, default=None, help="override")
+  p.add_argument("--report-only", action="store_true",
+                 help="only aggregate the cells finished so far")
   return p.parse_args(argv)
 
 
@@ -84,7 +86,7 @@ def main(argv=None) -> int:
                          **model_kwargs)
 
   start = time.perf_counter()
-  for seed in cfg.seeds:
+  for seed in ([] if args.report_only else cfg.seeds):
     seed_dir = os.path.join(args.out, f"seed{seed}")
     apply_fn, params0 = create(jax.random.key(seed))
     recipe = ul.sgd_recipe(cfg.epochs, cfg.batch_size, cfg.learning_rate,
@@ -116,7 +118,7 @@ def main(argv=None) -> int:
       t0 = time.perf_counter()
       results = evaluation.evaluate_unlearning(
           model, history, forget, train, test, methods, shadows=shadows,
-          warmup=cfg.warmup, seed=seed)
+          warmup=cfg.warmup, repeats=cfg.get("repeats", 1), seed=seed)
       rows = [{"seed": seed, "ratio": ratio, "model": name, **res.metrics}
               for name, res in results.items()]
       report.write_json(cell, {"rows": rows})
@@ -129,8 +131,10 @@ def main(argv=None) -> int:
   rows = []
   for seed in cfg.seeds:
     for ratio in cfg.ratios:
-      with open(os.path.join(args.out, f"seed{seed}", f"ratio{ratio}.json")) as f:
-        rows.extend(json.load(f)["rows"])
+      cell = os.path.join(args.out, f"seed{seed}", f"ratio{ratio}.json")
+      if os.path.exists(cell):  # partial sweeps report what is finished
+        with open(cell) as f:
+          rows.extend(json.load(f)["rows"])
   write_tables(rows, args.out, cfg, np)
   print(f"sweep done in {time.perf_counter() - start:.0f} s; wrote "
         f"{args.out}/table.md, summary.csv, results.csv, sweep.png")
@@ -185,17 +189,17 @@ def write_tables(rows, out, cfg, np):
                        "speedup_vs_retrain", "mia_loss_auc", "mia_efficacy",
                        "mia_lira_auc") if c in cols]
   lines = [f"# Unlearning sweep: {cfg.name} ({cfg.model} on {cfg.dataset}, "
-           f"{cfg.epochs} epochs, {len(cfg.seeds)} seeds, mean ± std)\n",
-           "| ratio | model | " + " | ".join(shown) + " |",
-           "|---|---|" + "---|" * len(shown)]
+           f"{cfg.epochs} epochs, mean ± std over seeds)\n",
+           "| ratio | model | seeds | " + " | ".join(shown) + " |",
+           "|---|---|---|" + "---|" * len(shown)]
   for e in summary:
     cells = []
     for c in shown:
       mean, std = e[c + "_mean"], e[c + "_std"]
       fmt = ".2f" if c in ("run_time_s", "speedup_vs_retrain") else ".4f"
       cells.append(f"{mean:{fmt}} ± {std:{fmt}}")
-    lines.append(f"| {e['ratio']:g} | {e['model']} | " + " | ".join(cells)
-                 + " |")
+    lines.append(f"| {e['ratio']:g} | {e['model']} | {e['seeds']} | "
+                 + " | ".join(cells) + " |")
   lines.append("")
   lines.append(acceptance(summary, cfg))
   with open(os.path.join(out, "table.md"), "w") as f:

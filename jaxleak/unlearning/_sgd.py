@@ -18,7 +18,7 @@ term (its data term is defined as 0), the same convention in every method.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 import functools
 import math
 from typing import Any, NamedTuple

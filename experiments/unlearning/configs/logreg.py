@@ -32,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
       "deltagrad": {"period": 5, "burn_in": 20, "memory": 2},
   }
   c.devices = 0
-  c.warmup = True        # runs take milliseconds: time them compiled
+  c.warmup = True        # runs take milliseconds: time them compiled,
+  c.repeats = 5          # and take the median of 5 (shared machine)
   c.lira_shadows = 16    # cheap for a linear model: offline LiRA column
   return c
