@@ -30,10 +30,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxleak import models  # noqa: E402  pylint: disable=g-import-not-at-top
-from jaxleak import report  # noqa: E402  pylint: disable=g-import-not-at-top
-from jaxleak.attacks import inversion  # noqa: E402  pylint: disable=g-import-not-at-top
-from jaxleak.attacks.inversion import attacks as attacks_lib  # noqa: E402  pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxleak import models  # noqa: E402
+from jaxleak import report  # noqa: E402
+from jaxleak.attacks import inversion  # noqa: E402
+from jaxleak.attacks.inversion import attacks as attacks_lib  # noqa: E402
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 TV = 0.2
 LR = 0.1

@@ -8,9 +8,9 @@ Example::
 
 Each trial draws a private batch and model initialisation (from --seed and
 the trial index), simulates the victim's (defended) gradient, runs the
-attack, and scores it. The workdir receives ``ground_truth_vs_reconstruction.png``,
-``loss_curve.png``, ``metrics.json`` (per-trial metrics, their mean and std)
-and ``report.md``.
+attack, and scores it. The workdir receives
+``ground_truth_vs_reconstruction.png``, ``loss_curve.png``, ``metrics.json``
+(per-trial metrics, their mean and std) and ``report.md``.
 """
 
 from __future__ import annotations
@@ -134,9 +134,11 @@ def run(args) -> int:
   import time  # pylint: disable=g-import-not-at-top
 
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from jaxleak import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  from jaxleak import report  # pylint: disable=g-import-not-at-top
-  from jaxleak.attacks import inversion  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from jaxleak import metrics as metrics_lib
+  from jaxleak import report
+  from jaxleak.attacks import inversion
+  # pylint: enable=g-import-not-at-top
 
   attack_fn = inversion.get_attack(args.attack)
   if args.trials < 1:
@@ -216,7 +218,8 @@ def run(args) -> int:
       break
   gt_all, rec_all = np.concatenate(gts)[:16], np.concatenate(recs)[:16]
   grid = metrics_lib.save_comparison_grid(
-      gt_all, rec_all, os.path.join(workdir, "ground_truth_vs_reconstruction.png"))
+      gt_all, rec_all,
+      os.path.join(workdir, "ground_truth_vs_reconstruction.png"))
   curves = {f"trial {i}": (np.arange(1, len(r.loss_history) + 1),
                            r.loss_history) for i, r in enumerate(results[:10])}
   curve = metrics_lib.save_curves(

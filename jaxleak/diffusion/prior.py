@@ -298,12 +298,7 @@ def _load_cached(path: str, mtime: float) -> Prior:
     except (FileNotFoundError, checkpoint_lib.CheckpointError) as e:
       raise PriorError(f"load_prior: orbax params of {path!r}: {e}") from e
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
-  try:
-    validate.check_same_structure(params, expected, "params",
-                                  "the architecture in " + PRIOR_FILE,
-                                  fn="load_prior")
-  except ValueError as e:
-    raise PriorError(str(e)) from e
+  _check_params_fit(params, expected, f"{path!r} ({PRIOR_FILE})")
   return Prior(name=name, spec=spec, params=params, schedule=schedule,
                class_names=class_names, info=dict(record.get("info", {})))
 
@@ -315,15 +310,36 @@ def _load_foreign_diffusers(path: str) -> Prior:
   except (FileNotFoundError, ValueError, KeyError) as e:
     raise PriorError(f"load_prior: {e}") from e
   params = {"unet": unet_params}
-  try:
-    validate.check_same_structure(params, _abstract_params(spec), "params",
-                                  "the diffusers config", fn="load_prior")
-  except ValueError as e:
-    raise PriorError(str(e)) from e
+  _check_params_fit(params, _abstract_params(spec), f"{path!r} (config.json)")
   return Prior(name=os.path.basename(os.path.normpath(path)), spec=spec,
                params=params, schedule=schedule_lib.linear_schedule(1000),
                info={"source": "diffusers folder without jaxleak metadata; "
                                "assumed the DDPM linear schedule, T=1000"})
+
+
+def _check_params_fit(params: Any, expected: Any, where: str) -> None:
+  """Raises PriorError naming the first param that does not fit the spec."""
+  def shapes(tree):
+    return {jax.tree_util.keystr(k): tuple(np.shape(v))
+            for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  got, want = shapes(params), shapes(expected)
+  missing = sorted(set(want) - set(got))
+  extra = sorted(set(got) - set(want))
+  wrong = sorted(k for k in set(got) & set(want) if got[k] != want[k])
+  if not (missing or extra or wrong):
+    return
+  parts = []
+  if wrong:
+    k = wrong[0]
+    parts.append(f"{len(wrong)} param(s) with the wrong shape, e.g. {k} has "
+                 f"shape {got[k]}, the architecture needs {want[k]}")
+  if missing:
+    parts.append(f"{len(missing)} missing, e.g. {missing[0]}")
+  if extra:
+    parts.append(f"{len(extra)} unexpected, e.g. {extra[0]}")
+  raise PriorError(
+      f"load_prior: the params in {where} do not fit its architecture: "
+      + "; ".join(parts))
 
 
 @functools.lru_cache(maxsize=16)

@@ -369,7 +369,6 @@ def train_prior(apply_fn: Callable[..., jax.Array], params: Any,
       bar = tqdm(total=steps, initial=start, desc="train-prior", unit="step",
                  dynamic_ncols=True)
     losses: list[float] = []
-    last_ckpt = start
     end = steps if stop_after is None else min(steps, int(stop_after))
     try:
       for step in range(start, end):
@@ -395,11 +394,9 @@ def train_prior(apply_fn: Callable[..., jax.Array], params: Any,
           callback(done, state)
         if ckpt is not None and (done % checkpoint_every == 0 or done == end):
           _save(ckpt, state, history, prior_wall + time.time() - t0)
-          last_ckpt = done
     finally:
       if bar is not None:
         bar.close()
-    del last_ckpt
     if callback is not None and int(state.step) == steps and not (
         callback_every and steps % callback_every == 0):
       callback(steps, state)

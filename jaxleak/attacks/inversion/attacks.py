@@ -13,8 +13,8 @@ the parametrisation:
 ========================  ========  ==============================  =========
 attack                    D         optimiser (default steps)       space
 ========================  ========  ==============================  =========
-dlg (Zhu et al. 2019)     L2        L-BFGS + line search (300)      free
-idlg (Zhao et al. 2020)   L2        L-BFGS + line search (300)      free
+dlg (Zhu et al. 2019)     L2        L-BFGS + line search (1200)     free
+idlg (Zhao et al. 2020)   L2        L-BFGS + line search (1200)     free
 inverting_gradients       cosine    Adam on sign(∇), step decay     box
   (Geiping et al. 2020)             (4800), restarts by loss
 grad_inversion            L2 ×1e-4  Adam, warm-up + cosine decay,   box
@@ -27,6 +27,11 @@ returned; "box" attacks project onto [0, 1] after every step (the box
 constraint). Images are NHWC float32 in [0, 1] throughout; there is no
 normalisation layer, so learning rates are in pixel units (breaching's are in
 normalised units, about 4x larger for CIFAR statistics).
+
+Steps are configurable per call (cheap variants for large studies). By
+default the convolutions' kernel derivatives are computed as matrix products
+(``matmul_conv``, see `_matmul_conv`), which makes the second-order steps
+1.7-1.8x faster on XLA:CPU without changing the numbers beyond rounding.
 
 Every attack has the signature
 ``attack(observation, *, key, ground_truth=None, callback=None, **hparams)
@@ -422,7 +427,8 @@ def dlg(observation: threat_model.GradientObservation, *, key: Any,
     ground_truth: private images, or ``(images, labels)``, for metrics only.
     callback: ``callback(restart, step, loss)`` every `log_every` steps.
     steps: optimiser iterations (L-BFGS: each with a zoom line search of up
-      to 15 evaluations). The original code uses 300, breaching 1200.
+      to 15 evaluations). Default 1200 as breaching; the original code runs
+      300 calls of PyTorch's L-BFGS with up to 20 iterations each.
     optimizer: "lbfgs" (default, as DLG), "adam" or "sgd".
     lr: learning rate; None for L-BFGS means the line search sets the step
       (Adam/SGD default to 0.1).
@@ -477,7 +483,7 @@ def idlg(observation: threat_model.GradientObservation, *, key: Any,
     key: PRNG key or int seed.
     ground_truth: private images, or ``(images, labels)``, for metrics only.
     callback: ``callback(restart, step, loss)``.
-    steps: optimiser iterations (300 as in the original code).
+    steps: optimiser iterations (default 1200, as `dlg`).
     optimizer: "lbfgs" (default), "adam" or "sgd".
     lr: None (line search) for L-BFGS; 0.1 by default otherwise.
     init: "randn", "rand" or "half".
@@ -514,13 +520,14 @@ def idlg(observation: threat_model.GradientObservation, *, key: Any,
       fn, observation, key=key, problem=problem, hp=values,
       labels=rec.labels, label_confidence=rec.confidence,
       restarts=restarts, loop=loop, log_every=log_every,
-      ground_truth=ground_truth, callback=callback, hyperparams=hp, start_time=t0)
+      ground_truth=ground_truth, callback=callback, hyperparams=hp,
+      start_time=t0)
 
 
 def inverting_gradients(
     observation: threat_model.GradientObservation, *, key: Any,
     ground_truth: Any = None, callback: optimize.Callback | None = None,
-    steps: int = 4800, lr: float = 0.1, tv: float = 0.2, restarts: int = 1,
+    steps: int = 4800, lr: float = 0.1, tv: float = 1e-4, restarts: int = 1,
     init: str = "rand", signed: bool = True, boxed: bool = True,
     schedule: str = "step", label_strategy: str = "auto",
     matmul_conv: bool = True, loop: str = "python",
@@ -542,7 +549,11 @@ def inverting_gradients(
     callback: ``callback(restart, step, loss)``.
     steps: iterations per restart (inversefed 4800, breaching 24000).
     lr: Adam learning rate in pixel units.
-    tv: α_TV (TV is a mean over pixels, breaching's convention).
+    tv: α_TV (TV is a mean over pixels, breaching's convention). Default
+      1e-4: breaching's 0.2 (in normalised units) over-smoothed in our
+      pixel-unit measurements (32x32 photo, 1000 steps: 10.9 dB at 0.2,
+      12.3 dB at 0.01, 12.6 dB at 0), and weights of 1e-5 to 1e-3 were
+      within run-to-run noise of 0 on 16x16 photos and digits.
     restarts: independent restarts (the paper uses several).
     init: "rand" (U(0, 1), default), "randn" or "half".
     signed: feed sign(∇J) to Adam.
@@ -580,7 +591,8 @@ def inverting_gradients(
       fn, observation, key=key, problem=problem, hp=values,
       labels=rec.labels, label_confidence=rec.confidence,
       restarts=restarts, loop=loop, log_every=log_every,
-      ground_truth=ground_truth, callback=callback, hyperparams=hp, start_time=t0)
+      ground_truth=ground_truth, callback=callback, hyperparams=hp,
+      start_time=t0)
 
 
 def grad_inversion(
@@ -681,4 +693,5 @@ def grad_inversion(
       fn, observation, key=key, problem=problem, hp=values,
       labels=rec.labels, label_confidence=rec.confidence,
       restarts=restarts, loop=loop, log_every=log_every,
-      ground_truth=ground_truth, callback=callback, hyperparams=hp, bn_targets=bn_targets, start_time=t0)
+      ground_truth=ground_truth, callback=callback, hyperparams=hp,
+      bn_targets=bn_targets, start_time=t0)

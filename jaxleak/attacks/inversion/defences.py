@@ -247,7 +247,8 @@ class Quantize(Defence):
     if (not isinstance(self.bits, int) or isinstance(self.bits, bool)
         or not 1 <= self.bits <= 32):
       raise ValueError(
-          f"Quantize: argument 'bits' must be an int in [1, 32], got {self.bits!r}")
+          "Quantize: argument 'bits' must be an int in [1, 32], got "
+          f"{self.bits!r}")
 
   def post(self, update, key):
     leaves, treedef = jax.tree.flatten(update)
@@ -288,7 +289,8 @@ class Compose(Defence):
     return update
 
   def describe(self):
-    return {"name": self.name, "defences": [d.describe() for d in self.defences]}
+    return {"name": self.name,
+            "defences": [d.describe() for d in self.defences]}
 
 
 DEFENCES: dict[str, Callable[..., Defence]] = {
@@ -322,7 +324,8 @@ def register_defence(name: str, factory: Callable[..., Defence], *,
   """
   if not callable(factory):
     raise TypeError(
-        f"register_defence: argument 'factory' must be callable, got {factory!r}")
+        "register_defence: argument 'factory' must be callable, got "
+        f"{factory!r}")
   if name in DEFENCES and not overwrite:
     raise ValueError(
         f"register_defence: argument 'name' {name!r} is already registered; "

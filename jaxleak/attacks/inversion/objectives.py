@@ -1,4 +1,4 @@
-"""Gradient-matching objectives: the victim's gradient operator, distances, priors.
+"""Gradient-matching objectives: the victim's operator, distances, priors.
 
 Every optimisation-based gradient-inversion attack minimises
 

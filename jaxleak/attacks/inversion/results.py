@@ -101,7 +101,8 @@ def evaluate(images: Any, labels: Any, ground_truth: Any,
   out = metrics_lib.image_metrics(rec, gt, match=rec.shape[0] > 1)
   acc = None
   if labels is not None and true_labels is not None:
-    acc = metrics_lib.label_accuracy(np.asarray(labels), np.asarray(true_labels))
+    acc = metrics_lib.label_accuracy(np.asarray(labels),
+                                     np.asarray(true_labels))
   return {"mse": out["mse"], "psnr": out["psnr"], "ssim": out["ssim"],
           "label_acc": acc, "per_image": out["per_image"],
           "permutation": out["permutation"],

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxleak.attacks import inversion
+from jaxleak.attacks.inversion import _matmul_conv
 from jaxleak.models import cross_entropy_loss
 
 
@@ -99,7 +100,6 @@ def test_total_variation_and_priors():
 
 
 def test_matmul_conv_matches_xla_convolutions_to_second_order(get_model):
-  from jaxleak.attacks.inversion import _matmul_conv  # pylint: disable=g-import-not-at-top
   apply_fn, params = get_model("convnet", shape=(9, 9, 2), width=2)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.uniform(size=(3, 9, 9, 2)), jnp.float32)
