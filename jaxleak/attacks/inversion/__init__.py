@@ -16,6 +16,11 @@ says how it inverts; both are registries::
 Pieces for new attacks: `victim_gradient` (the operator A(x)),
 `l2_distance`, `cosine_distance`, `total_variation`, `bn_matching`,
 `recover_labels`, `MatchingProblem` and `optimize.minimize`.
+
+Diffusion-prior attacks (`diffusion_dps`, `diffusion_dsg`; module
+`diffusion_guided`) guide a pretrained `jaxleak.diffusion` prior's sampler
+with the gradient distance; `theory.reconstruction_vulnerability` is the RV
+measure ``max_x ||d/dx d/dθ L||_F``.
 """
 
 from jaxleak.attacks.inversion import optimize
@@ -48,6 +53,11 @@ from jaxleak.attacks.inversion.defences import NoDefence
 from jaxleak.attacks.inversion.defences import Quantize
 from jaxleak.attacks.inversion.defences import register_defence
 from jaxleak.attacks.inversion.defences import TopK
+from jaxleak.attacks.inversion import diffusion_guided
+from jaxleak.attacks.inversion import theory
+from jaxleak.attacks.inversion.diffusion_guided import diffusion_dps
+from jaxleak.attacks.inversion.diffusion_guided import diffusion_dsg
+from jaxleak.attacks.inversion.diffusion_guided import DiffusionInversionResult
 from jaxleak.attacks.inversion.labels import LABEL_STRATEGIES
 from jaxleak.attacks.inversion.labels import LabelRecovery
 from jaxleak.attacks.inversion.labels import last_layer_gradient
@@ -76,6 +86,10 @@ from jaxleak.attacks.inversion.results import InversionResult
 from jaxleak.attacks.inversion.results import METRIC_NAMES
 from jaxleak.attacks.inversion.threat_model import GradientObservation
 from jaxleak.attacks.inversion.threat_model import observe
+from jaxleak.attacks.inversion.theory import reconstruction_vulnerability
+
+register_attack("diffusion_dps", diffusion_dps)
+register_attack("diffusion_dsg", diffusion_dsg)
 
 __all__ = (
     "ATTACKS",
@@ -85,6 +99,7 @@ __all__ = (
     "DEFENCES",
     "DISTANCES",
     "DPClip",
+    "DiffusionInversionResult",
     "FAST_COMPILE",
     "Defence",
     "GaussianNoise",
@@ -107,6 +122,9 @@ __all__ = (
     "bn_matching",
     "compiler_options",
     "cosine_distance",
+    "diffusion_dps",
+    "diffusion_dsg",
+    "diffusion_guided",
     "dlg",
     "evaluate",
     "get_attack",
@@ -125,10 +143,12 @@ __all__ = (
     "recover_labels",
     "register_attack",
     "register_case",
+    "reconstruction_vulnerability",
     "register_defence",
     "run_attack",
     "simulate",
     "step_decay_boundaries",
+    "theory",
     "total_variation",
     "trainable",
     "tree_rms",

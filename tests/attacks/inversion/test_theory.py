@@ -1,0 +1,65 @@
+"""Reconstruction vulnerability (RV): Hutchinson estimate vs exact norm."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxleak.attacks import inversion
+from jaxleak.attacks.inversion import theory
+
+
+@pytest.fixture(scope="module")
+def tiny_mlp(get_model):
+  apply_fn, params = get_model("mlp", shape=(4, 4, 1), num_classes=3,
+                               hidden=(6,))
+  x = jax.random.uniform(jax.random.key(0), (3, 4, 4, 1))
+  return apply_fn, params, x, np.array([0, 2, 1])
+
+
+@pytest.mark.parametrize("space", ["params", "input"])
+def test_hutchinson_matches_exact_frobenius_norm(tiny_mlp, space):
+  apply_fn, params, x, y = tiny_mlp
+  exact = [theory.mixed_jacobian_frobenius_exact(apply_fn, params,
+                                                 x[i:i + 1], y[i:i + 1])
+           for i in range(3)]
+  res = theory.reconstruction_vulnerability(apply_fn, params, x, y, key=0,
+                                            num_probes=2000, space=space)
+  np.testing.assert_allclose(res.per_input, exact, rtol=0.05)
+  assert res.rv == pytest.approx(max(res.per_input))
+  assert res.argmax == int(np.argmax(res.per_input))
+  assert res.num_params == 16 * 6 + 6 + 6 * 3 + 3 and res.input_size == 16
+
+
+def test_rv_grows_with_a_scaled_output_layer(tiny_mlp):
+  # Doubling the head's weights doubles every mixed derivative that flows
+  # through it: the RV measure must move the same way as the exact norm.
+  apply_fn, params, x, y = tiny_mlp
+  big = jax.tree.map(lambda a: a, params)
+  big["params"]["head"] = jax.tree.map(lambda a: 2.0 * a,
+                                       params["params"]["head"])
+  e1 = theory.mixed_jacobian_frobenius_exact(apply_fn, params, x[:1], y[:1])
+  e2 = theory.mixed_jacobian_frobenius_exact(apply_fn, big, x[:1], y[:1])
+  r1 = theory.reconstruction_vulnerability(apply_fn, params, x[:1], y[:1],
+                                           key=1, num_probes=500).rv
+  r2 = theory.reconstruction_vulnerability(apply_fn, big, x[:1], y[:1],
+                                           key=1, num_probes=500).rv
+  assert (e2 > e1) == (r2 > r1)
+
+
+def test_linearized_bound_is_linear_in_noise_and_inverse_in_rv():
+  s = np.array([0.0, 1e-3, 1e-2])
+  b = theory.linearized_error_bound(s, rv=2.0, input_size=16, num_params=100)
+  np.testing.assert_allclose(b, s * 16 / (4 * 2.0))
+  b2 = theory.linearized_error_bound(s, rv=4.0, input_size=16, num_params=8)
+  np.testing.assert_allclose(b2, s * 8 / (4 * 4.0))
+
+
+def test_exported_and_validated(tiny_mlp):
+  apply_fn, params, x, y = tiny_mlp
+  assert inversion.reconstruction_vulnerability is (
+      theory.reconstruction_vulnerability)
+  with pytest.raises(ValueError, match="'num_probes'"):
+    theory.reconstruction_vulnerability(apply_fn, params, x, y, key=0,
+                                        num_probes=0)
+  with pytest.raises(ValueError, match="'labels'"):
+    theory.reconstruction_vulnerability(apply_fn, params, x, y[:2], key=0)
