@@ -185,3 +185,21 @@ def test_bad_arguments_name_the_argument(prior, victim):
                          sampler="euler")
   with pytest.raises(ValueError, match="'steps'"):
     inversion.run_attack("diffusion_dps", obs, key=0, prior=prior, steps=0)
+
+
+def test_cli_diffusion_attack_writes_trajectory_png(prior, tmp_path):
+  from jaxleak.cli import main as cli  # pylint: disable=g-import-not-at-top
+  folder = diffusion.save_prior(prior, tmp_path / "prior", format="orbax")
+  workdir = tmp_path / "run"
+  code = cli.main([
+      "attack", "--attack", "diffusion_dsg", "--prior", str(folder),
+      "--model", "mlp", "--dataset", "digits", "--steps", "3",
+      "--guidance-rate", "0.3", "--defence", "gaussian", "--noise-std",
+      "1e-2", "--relative-noise", "--workdir", str(workdir),
+      "--no-progress", "--fast-compile"])
+  assert code == 0
+  for name in ("ground_truth_vs_reconstruction.png", "loss_curve.png",
+               "metrics.json", "report.md", "x0_trajectory.png"):
+    assert (workdir / name).stat().st_size > 0, name
+  text = (workdir / "report.md").read_text()
+  assert "x0_hat trajectory" in text and "guidance_rate" in text
