@@ -22,12 +22,18 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/dp_comparison", "output folder")
 
 
 def method_grid(cfg):
-  """(method name, DPTrainConfig kwargs) for every method in the study."""
+  """(method name, DPTrainConfig kwargs) for every method in the study.
+
+  Every method is crossed with `cfg.lr_factors` (learning-rate multipliers of
+  its base setting); a factor other than 1 is appended to the name as
+  ``"@lr x{factor}"``. `summarise` keeps, per method family, dataset and
+  epsilon, the variant with the best mean accuracy.
+  """
   m = cfg.momentum
-  grid = [(f"dp_sgd(C={c:g})", dict(rule="clip", l2_norm_clip=c,
+  base = [(f"dp_sgd(C={c:g})", dict(rule="clip", l2_norm_clip=c,
                                     learning_rate=cfg.base_lr / c, momentum=None))
           for c in cfg.dp_sgd_clips]
-  grid += [
+  base += [
       ("dp_auto_s", dict(rule="auto_s", gamma=cfg.auto_s_gamma,
                          learning_rate=cfg.base_lr, momentum=None)),
       ("dp_psac", dict(rule="psac", r=cfg.psac_r, learning_rate=cfg.base_lr,
@@ -38,7 +44,19 @@ def method_grid(cfg):
                                  learning_rate=cfg.base_lr * (1 - m),
                                  momentum=m)),
   ]
+  grid = []
+  for factor in cfg.get("lr_factors", (1.0,)):
+    for name, kwargs in base:
+      if factor != 1.0:
+        name = f"{name}@lr x{factor:g}"
+        kwargs = {**kwargs, "learning_rate": kwargs["learning_rate"] * factor}
+      grid.append((name, kwargs))
   return grid
+
+
+def method_family(method):
+  """'dp_sgd(C=0.1)@lr x2' -> 'dp_sgd'; 'dp_psasc@lr x2' -> 'dp_psasc'."""
+  return method.split("@")[0].split("(")[0]
 
 
 def run_all(cfg, workdir):
@@ -111,22 +129,23 @@ def summarise(rows, cfg, workdir):
   table, csv_lines = [], ["dataset,method,epsilon,mean,std,n"]
   for ds in cfg.datasets:
     for eps in cfg.epsilons:
-      # DP-SGD: keep the best clipping bound for this (dataset, epsilon).
-      sgd = {k[1]: v for k, v in groups.items()
-             if k[0] == ds and k[2] == eps and k[1].startswith("dp_sgd")}
-      best = max(sgd, key=lambda m: np.mean(sgd[m])) if sgd else None
-      for (d, method, e), accs in sorted(groups.items()):
-        if d != ds or e != eps:
-          continue
-        shown = method
-        if method.startswith("dp_sgd"):
-          if method != best:
-            continue
-          shown = f"dp_sgd (best {method[len('dp_sgd'):]})"
+      # Each family keeps its best variant (DP-SGD: clipping bound and
+      # learning rate; the others: learning rate) for this (dataset, epsilon).
+      variants = {}
+      for (d, method, e), accs in groups.items():
+        if d == ds and e == eps:
+          variants.setdefault(method_family(method), []).append(method)
+      for family in sorted(variants):
+        best = max(variants[family], key=lambda m: np.mean(
+            groups[(ds, m, eps)]))
+        accs = groups[(ds, best, eps)]
+        setting = best[len(family):]
+        shown = family + (f" (best {setting})" if len(variants[family]) > 1
+                          else setting)
         table.append({"dataset": ds, "epsilon": eps, "method": shown,
                       "accuracy": f"{100 * np.mean(accs):.2f} ± "
                                   f"{100 * np.std(accs):.2f}",
-                      "seeds": len(accs)})
+                      "seeds": len(accs), "variants": len(variants[family])})
       for (d, method, e), accs in sorted(groups.items()):
         if d == ds and e == eps:
           csv_lines.append(f"{ds},{method},{eps},{np.mean(accs):.4f},"
@@ -136,7 +155,8 @@ def summarise(rows, cfg, workdir):
   figures = {}
   for ds in cfg.datasets:
     curves = {}
-    methods = sorted({k[1] for k in groups if k[0] == ds})
+    # Curves: the learning-rate factor 1 variants (the pre-registered grid).
+    methods = sorted({k[1] for k in groups if k[0] == ds and "@" not in k[1]})
     for method in methods:
       xs = sorted(e for (d, m, e) in groups if d == ds and m == method)
       curves[method] = (xs, [100 * np.mean(groups[(ds, method, e)]) for e in xs])
@@ -145,7 +165,7 @@ def summarise(rows, cfg, workdir):
         xlabel="epsilon (delta = %g)" % cfg.delta, ylabel="test accuracy (%)",
         title=f"{cfg.model} on {ds}")
   md = report.markdown_table(table, ["dataset", "epsilon", "method", "accuracy",
-                                     "seeds"])
+                                     "seeds", "variants"])
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(md)
   report.write_report(workdir, "DP-PSASC comparison: test accuracy vs epsilon",

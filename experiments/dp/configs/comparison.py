@@ -14,7 +14,11 @@ spend exactly the same privacy). DP-SGD's clipping bound C is tuned on a small
 grid; the best C per (dataset, epsilon) is picked by mean test accuracy over
 seeds, which, like all hyper-parameter tuning on test data, is optimistic for
 DP-SGD and not itself private. Normalising rules (Auto-S, PSAC, PSASC) use
-C = 1 (C only rescales their update).
+C = 1 (C only rescales their update). Every method's learning rate is tuned
+on the same small grid of multipliers (`lr_factors`) in the same way: the
+rules scale updates differently (PSASC with s = 2 caps the scaled norm at C/2,
+so at a shared learning rate its large-gradient steps are half PSAC's), and a
+comparison at one shared learning rate would partly compare step sizes.
 """
 
 import ml_collections
@@ -35,6 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.base_lr = 2.0
   c.momentum = 0.9
   c.dp_sgd_clips = (0.1, 1.0, 5.0)
+  # Learning-rate multipliers crossed with every method (1.0 first: the
+  # original grid).
+  c.lr_factors = (1.0, 0.5, 2.0)
   c.psac_r = 0.1
   c.psasc_r = 0.1
   # s = 1 makes the reconstructed PSASC weight identical to PSAC's; s = 2
