@@ -21,6 +21,7 @@ SUBCOMMANDS = (
     "prior",
     "unlearn",
     "attack",
+    "i2f",
 )
 
 
