@@ -257,3 +257,20 @@ def test_lanczos_and_power_iteration_on_a_diagonal_operator():
   lam, v = influence.power_iteration(mv, v0, 200)
   np.testing.assert_allclose(lam, 5.0, rtol=1e-6)
   np.testing.assert_allclose(jnp.abs(v[0]), 1.0, atol=1e-5)
+
+
+def test_matmul_conv_path_matches_plain_convolutions():
+  # The default (matmul_conv=True) rewrites conv kernel derivatives; a conv
+  # model must give the same I²F and lower bound either way.
+  apply_fn, params = models.create("lenet", 4, (8, 8, 1), jax.random.key(2))
+  x = np.random.default_rng(1).uniform(size=(1, 8, 8, 1)).astype(np.float32)
+  y = np.array([3])
+  delta = jax.tree.map(
+      lambda p: jnp.asarray(np.random.default_rng(p.size).normal(
+          size=p.shape) * 1e-2, jnp.float32), params["params"])
+  n_mm, b_mm = influence.i2f(apply_fn, params, x, y, delta, eps=0.1)
+  n_xla, b_xla = influence.i2f(apply_fn, params, x, y, delta, eps=0.1,
+                               matmul_conv=False)
+  assert float(n_mm) > 0
+  np.testing.assert_allclose(n_mm, n_xla, rtol=1e-4)
+  np.testing.assert_allclose(b_mm, b_xla, rtol=1e-3, atol=1e-6)
