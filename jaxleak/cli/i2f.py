@@ -43,9 +43,13 @@ def register(subparsers) -> None:
   p.add_argument("--n", type=int, default=50, help="images to audit")
   p.add_argument("--noise-var", type=float, default=1e-3,
                  help="variance of the Gaussian gradient noise")
-  p.add_argument("--eps", type=float, default=1.0,
-                 help="I²F damping (J J^T + eps I)")
-  p.add_argument("--probes", type=int, default=8,
+  p.add_argument("--eps", type=float, default=1e-3,
+                 help="I²F damping (J J^T + eps I). Default 1e-3, not the "
+                      "library's 1: the sigmoid LeNet's J J^T has "
+                      "eigenvalues down to ~1e-4, and eps = 1 damps them so "
+                      "much that images are ranked the wrong way round "
+                      "(experiments/influence/README.md)")
+  p.add_argument("--probes", type=int, default=4,
                  help="Hutchinson probes for sqrt(E[I^2]) (0: skip)")
   p.add_argument("--attack", default="l2", choices=tuple(ATTACKS),
                  help="attack run on the same noisy gradient to check the "

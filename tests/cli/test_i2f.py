@@ -44,7 +44,7 @@ def test_i2f_cli_writes_ranked_risk_table_and_figures(tmp_path):
   delta = audit.gaussian_perturbation(
       params, math.sqrt(1e-3), jax.random.fold_in(jax.random.key(3), pos))
   norm, _ = influence.i2f(apply_fn, params, ds.images[idx:idx + 1],
-                          ds.labels[idx:idx + 1], delta)
+                          ds.labels[idx:idx + 1], delta, eps=1e-3)  # CLI default
   np.testing.assert_allclose(float(row["i2f"]), float(norm), rtol=1e-4)
   np.testing.assert_allclose(float(row["predicted_rmse"]), float(norm) / 8.0,
                              rtol=1e-4)
