@@ -319,10 +319,20 @@ def summarise(cfg, workdir):
         psnr_by[noise] = best
       rv_m, rv_s = _mean_std([r["rv"] for r in mr])
       j_m, _ = _mean_std([r["j_private"] for r in mr])
+      # Under noise relative to the gradient's scale what matters is the
+      # sensitivity per unit gradient: ‖J(x*)‖_F / ‖g‖, and the linearised
+      # RMSE floor at relative noise 0.1.
+      rel_sens = [r["j_private"] / (r["grad_rms"] * np.sqrt(r["num_params"]))
+                  for r in mr]
+      floor = [float(theory.linearized_error_bound(
+          0.1 * r["grad_rms"], r["j_private"], r["input_size"],
+          r["num_params"])) for r in mr]
       rv_rows.append({"victim": model, "params": mr[0]["num_params"],
                       "RV (max over candidates)": f"{rv_m:.4g} ± {rv_s:.2g}",
                       "‖J(x*)‖_F": f"{j_m:.4g}",
                       "grad RMS": f"{np.mean(list(grad_rms.values())):.3g}",
+                      "‖J(x*)‖_F / ‖g‖": f"{np.mean(rel_sens):.4g}",
+                      "RMSE floor @ 0.1": f"{np.mean(floor):.3g}",
                       "trials": len(mr),
                       "PSNR, all runs": f"{psnr_all:.2f}",
                       **{f"best PSNR @ {n:g}": f"{v:.2f}"

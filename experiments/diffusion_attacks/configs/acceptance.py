@@ -59,6 +59,10 @@ def get_config() -> ml_collections.ConfigDict:
       # 12.4/16.6/19.7/3.5 dB (LeNet) and 12.2/15.9/23.4 dB (MLP) at
       # zeta 0.3/3/30/100 (100 diverged); see results/acceptance/tune.jsonl.
       "diffusion_dps": {"steps": c.steps, "zeta": 30.0},
+      # Added after zeta 30 diverged on the first study image with the final
+      # prior (PSNR ~3 dB at every noise level): the next grid value down.
+      "diffusion_dps_z10": {"attack": "diffusion_dps", "steps": c.steps,
+                            "zeta": 10.0},
       "diffusion_dsg": {"steps": c.steps, "guidance_rate": 0.2},
       "inverting_gradients": {"steps": "matched"},
       # Control: the label-conditioned prior without gradient guidance
