@@ -351,8 +351,9 @@ def main(argv):
     tables["(c) initialisation"] = results["init"]["rows"]
   report.write_report(
       workdir, "I²F insights", summary=summary, tables=tables,
-      figures={f"({p[0]}) {p}": f"{p}.png" for p in
-               ("eigen", "classes", "init") if p in results},
+      figures={f"({letter}) {p}": f"{p}.png" for letter, p in
+               (("a", "eigen"), ("b", "classes"), ("c", "init"))
+               if p in results},
       notes=("(a) perturbations of fixed norm along singular directions of "
              "J; (b) Gaussian noise, one model; (c) each initialisation "
              "scheme, same images and noise. Reduced sizes: see the config."),
