@@ -7,6 +7,10 @@ training step (forward, per-sample work, noise, update), measured after
 compilation/warm-up, over at least `--min-time` seconds.
 
 Methods:
+  jaxleak_psasc_layerwise  dp_psasc step, layerwise path (one backward pass
+                           with taps on Dense/Conv outputs; per-example norms
+                           from layer inputs x output gradients). This is
+                           what path="auto", the default, runs on both models.
   jaxleak_psasc_two_pass   dp_psasc step, two-pass path (norms, then one
                            weighted backward pass; no B x params buffer)
   jaxleak_psasc_vmap       dp_psasc step, vmap(grad) per-example gradients
@@ -37,11 +41,12 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-JAX_METHODS = ("jaxleak_psasc_two_pass", "jaxleak_psasc_vmap",
+JAX_METHODS = ("jaxleak_psasc_layerwise", "jaxleak_psasc_two_pass",
+               "jaxleak_psasc_vmap",
                "jaxleak_nonprivate", "optax_contrib")
 TORCH_METHODS = ("opacus", "torch_nonprivate")
 SHAPES = {"cnn_mnist": (28, 28, 1), "cnn_cifar": (32, 32, 3)}
-DEFAULT_JAX = "jaxleak_psasc_two_pass"
+DEFAULT_JAX = "jaxleak_psasc_layerwise"  # what path="auto" picks here
 
 
 def peak_rss_mb() -> float:
@@ -79,8 +84,10 @@ def run_jax(model: str, batch: int, method: str, min_time: float) -> dict:
     return models.cross_entropy_loss(apply_fn(p, b[0]), b[1])
 
   if method.startswith("jaxleak_psasc"):
-    path = method.rsplit("_", 1)[-1] if method.endswith("vmap") else "two_pass"
+    path = method[len("jaxleak_psasc_"):]
     rule = dp.psasc(1.0, 0.1, 1.0)
+    if path == "layerwise":  # the default path must resolve to this one
+      assert dp.per_example.layerwise.plan(loss_fn, params, (x, y)).applicable
     opt = dp_training.make_dp_optimizer(rule, 1.0, jax.random.key(1),
                                         expected_batch_size=batch,
                                         learning_rate=0.1, momentum=0.9)
@@ -135,9 +142,9 @@ def torch_model(model: str):
         nn.Conv2d(16, 32, 4, stride=2), nn.Tanh(), nn.MaxPool2d(2, stride=1),
         nn.Flatten(), nn.Linear(32 * 4 * 4, 32), nn.Tanh(), nn.Linear(32, 10))
   layers, c_in = [], 3
-  for c in (32, 64, 128):
+  for c in (32, 64, 128):  # jaxleak's cnn_cifar default pool is "max"
     layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.Tanh(),
-               nn.Conv2d(c, c, 3, padding=1), nn.Tanh(), nn.AvgPool2d(2)]
+               nn.Conv2d(c, c, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2)]
     c_in = c
   return nn.Sequential(*layers, nn.Flatten(), nn.Linear(128 * 4 * 4, 128),
                        nn.Tanh(), nn.Linear(128, 10))

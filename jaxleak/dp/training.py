@@ -100,7 +100,7 @@ def make_dp_train_step(apply_fn: Callable[[Any, jax.Array], jax.Array],
                        weight_rule: weights_lib.WeightRule,
                        optimizer: optax.GradientTransformation, *,
                        mesh: jax.sharding.Mesh | None = None,
-                       path: str = "vmap",
+                       path: str = "auto",
                        microbatch_size: int | None = None,
                        loss_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None):
   """Returns a jitted ``step(params, opt_state, images, labels, mask)``.
@@ -117,15 +117,16 @@ def make_dp_train_step(apply_fn: Callable[[Any, jax.Array], jax.Array],
 
   def batch_loss(params, batch):
     x, y = batch
-    return loss_fn(apply_fn(params, x), y)
+    logits = apply_fn(params, x)
+    return loss_fn(logits, y), logits
 
   def local_sums(params, images, labels, mask):
     out = per_example.weighted_grad_sum(
         batch_loss, params, (images, labels), weight_rule, mask=mask, path=path,
-        microbatch_size=microbatch_size)
+        microbatch_size=microbatch_size, has_aux=True)
     real = mask.astype(bool)
-    # Accuracy needs logits; the loss is free from the weighted-sum pass.
-    correct = jnp.argmax(apply_fn(params, images), -1) == labels
+    # Loss and logits come free from the weighted-sum pass (aux [B, 1, C]).
+    correct = jnp.argmax(out.aux[:, 0], -1) == labels
     stats = jnp.stack([
         jnp.sum(jnp.where(real & jnp.isfinite(out.losses), out.losses, 0.0)),
         jnp.sum(jnp.where(real, correct, False)).astype(jnp.float32),
@@ -185,7 +186,7 @@ class DPTrainConfig:
   learning_rate: float = 1.0
   momentum: float | None = 0.9
   seed: int = 0
-  path: str = "vmap"  # chosen by benchmarks/dp_throughput.py
+  path: str = "auto"  # layerwise where it applies; benchmarks/dp_throughput.py
   microbatch_size: int | None = None
   accountant: str = "pld"
   checkpoint_every: int = 100

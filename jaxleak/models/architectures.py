@@ -77,6 +77,26 @@ def _norm_layer(norm: str, channels: int, train: bool, name: str) -> nn.Module |
                       name=name)
 
 
+def max_pool(x: Array, window: tuple[int, int], strides: tuple[int, int]) -> Array:
+  """'VALID' max pooling over NHWC as an elementwise max of strided slices.
+
+  Same values as ``flax.linen.max_pool``. Its gradient is a chain of selects
+  that XLA fuses, where ``reduce_window``'s is a ``select_and_scatter``,
+  which dominated the backward pass of the benchmark CNNs on XLA:CPU (cnn_mnist
+  DP step 1.6x faster). At exact ties the gradient is split between the tied
+  inputs instead of going to one of them; both are valid subgradients.
+  """
+  (kh, kw), (sh, sw) = window, strides
+  ho = (x.shape[-3] - kh) // sh + 1
+  wo = (x.shape[-2] - kw) // sw + 1
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      tap = x[..., i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
+      out = tap if out is None else jnp.maximum(out, tap)
+  return out
+
+
 def _flatten(x: Array) -> Array:
   return x.reshape((x.shape[0], -1))
 
@@ -183,12 +203,12 @@ class CNNMnist(nn.Module):
     act = ACTIVATIONS[self.act]
     inits = dict(kernel_init=self.kernel_init, bias_init=self.bias_init)
     x = nn.Conv(16, (8, 8), strides=2, padding="SAME", name="conv0", **inits)(x)
-    x = nn.max_pool(act(x), (2, 2), strides=(1, 1), padding="VALID")
+    x = max_pool(act(x), (2, 2), (1, 1))
     # Inputs below ~11x11 (sklearn digits are 8x8) leave a map smaller than
     # the 4x4 kernel here; pad SAME then so the network still applies.
     pad = "VALID" if min(x.shape[-3:-1]) >= 4 else "SAME"
     x = nn.Conv(32, (4, 4), strides=2, padding=pad, name="conv1", **inits)(x)
-    x = nn.max_pool(act(x), (2, 2), strides=(1, 1), padding="VALID")
+    x = max_pool(act(x), (2, 2), (1, 1))
     x = _flatten(x)
     x = act(nn.Dense(32, name="dense0", **inits)(x))
     return nn.Dense(self.num_classes, name="head", **inits)(x)
@@ -213,13 +233,16 @@ class CNNCifar(nn.Module):
     del train
     act = ACTIVATIONS[self.act]
     inits = dict(kernel_init=self.kernel_init, bias_init=self.bias_init)
-    pool = nn.max_pool if self.pool == "max" else nn.avg_pool
+    if self.pool == "max":
+      pool = lambda h: max_pool(h, (2, 2), (2, 2))
+    else:
+      pool = lambda h: nn.avg_pool(h, (2, 2), strides=(2, 2), padding="VALID")
     i = 0
     for c in (32, 64, 128):
       for _ in range(2):
         x = act(nn.Conv(c, (3, 3), padding="SAME", name=f"conv{i}", **inits)(x))
         i += 1
-      x = pool(x, (2, 2), strides=(2, 2), padding="VALID")
+      x = pool(x)
     x = _flatten(x)
     x = act(nn.Dense(128, name="dense0", **inits)(x))
     return nn.Dense(self.num_classes, name="head", **inits)(x)

@@ -43,9 +43,9 @@ def test_per_example_grads_match_a_python_loop():
 def test_two_pass_equals_vmap_path(rule):
   params, batch = _setup()
   mask = jnp.arange(12) < 10
-  a, na, wa, la = jax.jit(lambda p: dp.weighted_grad_sum(
+  a, na, wa, la, _ = jax.jit(lambda p: dp.weighted_grad_sum(
       _loss_fn, p, batch, rule, mask=mask, path="vmap"))(params)
-  b, nb, wb, lb = jax.jit(lambda p: dp.weighted_grad_sum(
+  b, nb, wb, lb, _ = jax.jit(lambda p: dp.weighted_grad_sum(
       _loss_fn, p, batch, rule, mask=mask, path="two_pass",
       microbatch_size=3))(params)
   np.testing.assert_allclose(na, nb, rtol=1e-5)
@@ -61,8 +61,8 @@ def test_two_pass_equals_vmap_path(rule):
 def test_nan_example_does_not_poison_either_path():
   params, (x, y) = _setup()
   x = x.at[2].set(jnp.nan)
-  for path in dp.per_example.PATHS:
-    total, norms, weights, _ = dp.weighted_grad_sum(_loss_fn, params, (x, y),
+  for path in ("auto", "vmap", "two_pass"):  # layerwise: tests/dp/test_layerwise.py
+    total, norms, weights, *_ = dp.weighted_grad_sum(_loss_fn, params, (x, y),
                                                  dp.clip(1.0), path=path)
     assert not bool(jnp.isfinite(norms[2])) and float(weights[2]) == 0.0
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(total))

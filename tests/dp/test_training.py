@@ -35,7 +35,7 @@ def _one_step(mesh, apply_fn, params, batch, *, sigma, path, momentum=0.9):
   return jax.device_get(new_params), metrics
 
 
-@pytest.mark.parametrize("path", ["two_pass", "vmap"])
+@pytest.mark.parametrize("path", ["layerwise", "two_pass", "vmap"])
 def test_eight_device_step_equals_one_device_step(digits, path):
   train, _ = digits
   apply_fn, params = _model(train)

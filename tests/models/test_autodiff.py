@@ -174,3 +174,16 @@ def test_loss_errors_name_the_argument():
     models.cross_entropy_loss(jnp.zeros((3,)), jnp.zeros((3,), jnp.int32))
   with pytest.raises(ValueError, match="'soft_targets'"):
     models.soft_cross_entropy(jnp.zeros((2, 3)), jnp.zeros((2, 4)))
+
+
+def test_slice_max_pool_equals_flax_max_pool_values_and_gradients():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from jaxleak.models.architectures import max_pool  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(3), (2, 13, 11, 4))  # no exact ties
+  for window, strides in [((2, 2), (1, 1)), ((2, 2), (2, 2)), ((3, 3), (2, 2))]:
+    ref = lambda v: nn.max_pool(v, window, strides=strides, padding="VALID")
+    got = lambda v: max_pool(v, window, strides)
+    np.testing.assert_array_equal(got(x), ref(x))
+    cot = jax.random.normal(jax.random.key(4), ref(x).shape)
+    np.testing.assert_allclose(jax.vjp(got, x)[1](cot)[0],
+                               jax.vjp(ref, x)[1](cot)[0], rtol=1e-6)

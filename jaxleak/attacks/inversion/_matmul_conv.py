@@ -31,17 +31,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
 
+from jaxleak._src import conv_geometry
+
 __all__ = ("conv2d", "patches", "intercept")
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
-Pads = tuple[tuple[int, int], tuple[int, int]]
+Pads = conv_geometry.Pads
 
 
 def patches(x: jax.Array, kernel_hw: tuple[int, int],
@@ -99,45 +101,16 @@ def _conv2d_jvp(strides, pads, primals, tangents):
 conv2d.defjvp(_conv2d_jvp, symbolic_zeros=True)
 
 
-def _explicit_pads(padding, in_hw: Sequence[int], kernel_hw: Sequence[int],
-                   strides: Sequence[int]) -> Pads | None:
-  if isinstance(padding, str):
-    if padding.upper() not in ("SAME", "VALID"):
-      return None  # CIRCULAR / REFLECT / CAUSAL: leave to flax.
-    return tuple(lax.padtype_to_pads(in_hw, kernel_hw, strides,
-                                     padding.upper()))
-  if isinstance(padding, int):
-    return ((padding, padding), (padding, padding))
-  pads = tuple(padding)
-  if len(pads) != 2:
-    return None
-  return tuple((p, p) if isinstance(p, int) else tuple(p) for p in pads)
-
-
-def _supported(module: nn.Conv, x: jax.Array) -> bool:
-  ks = module.kernel_size
-  ks = (ks,) if isinstance(ks, int) else tuple(ks)
-  ones = (None, 1, (1, 1), [1, 1])
-  return (type(module) is nn.Conv and x.ndim == 4 and len(ks) == 2
-          and module.feature_group_count == 1 and module.mask is None
-          and module.input_dilation in ones
-          and module.kernel_dilation in ones
-          and module.conv_general_dilated is None
-          and module.conv_general_dilated_cls is None)
-
-
 def _interceptor(next_fun, args, kwargs, context):
   module = context.module
   if (context.method_name != "__call__" or not isinstance(module, nn.Conv)
-      or kwargs or len(args) != 1 or not _supported(module, args[0])):
+      or kwargs or len(args) != 1):
     return next_fun(*args, **kwargs)
   x = args[0]
-  kernel_hw = tuple(module.kernel_size)
-  strides = module.strides or 1
-  strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
-  pads = _explicit_pads(module.padding, x.shape[1:3], kernel_hw, strides)
-  if pads is None:
+  geometry = conv_geometry.conv_geometry(module, x)
+  if geometry is None:
     return next_fun(*args, **kwargs)
+  strides, pads = geometry.strides, geometry.pads
   params = module.variables.get("params", {})
   if "kernel" not in params:  # e.g. during initialisation.
     return next_fun(*args, **kwargs)

@@ -1,0 +1,148 @@
+"""Layerwise per-example norms and weighted sums equal the vmap(grad) path."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxleak import dp, models
+from jaxleak.dp import layerwise
+
+
+def _classifier_loss(apply_fn):
+  def loss_fn(params, batch):
+    logits = apply_fn(params, batch[0])
+    return models.cross_entropy_loss(logits, batch[1]), logits
+  return loss_fn
+
+
+def _batch(shape, b=10, seed=0, nan_row=None):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.random((b,) + shape, np.float32))
+  if nan_row is not None:
+    x = x.at[nan_row].set(jnp.nan)
+  return x, jnp.asarray(rng.integers(0, 10, b), jnp.int32)
+
+
+def _assert_same(a, b, rtol=2e-5):
+  np.testing.assert_allclose(a.norms, b.norms, rtol=rtol)
+  np.testing.assert_array_equal(np.asarray(a.weights) == 0,
+                                np.asarray(b.weights) == 0)
+  np.testing.assert_allclose(a.weights, b.weights, rtol=rtol)
+  for x, y in zip(jax.tree.leaves(a.grad_sum), jax.tree.leaves(b.grad_sum)):
+    scale = float(jnp.max(jnp.abs(x)))
+    assert scale > 0
+    np.testing.assert_allclose(x, y, rtol=0, atol=2e-5 * scale)
+
+
+@pytest.mark.parametrize("name,shape", [
+    ("cnn_mnist", (28, 28, 1)), ("cnn_mnist", (8, 8, 1)),
+    ("cnn_cifar", (16, 16, 3)), ("lenet", (32, 32, 3)), ("mlp", (8, 8, 1)),
+])
+def test_layerwise_equals_vmap_with_mask_nan_and_microbatches(name, shape):
+  apply_fn, params = models.create(name, 10, shape, jax.random.key(1))
+  loss_fn = _classifier_loss(apply_fn)
+  batch = _batch(shape, nan_row=3)
+  mask = jnp.arange(10) < 8
+  rule = dp.psasc(1.0, 0.1, 2.0)
+  plan = layerwise.plan(loss_fn, params, batch)
+  assert plan.applicable, plan.uncovered
+  ref = jax.jit(lambda p: dp.weighted_grad_sum(
+      loss_fn, p, batch, rule, mask=mask, path="vmap", has_aux=True))(params)
+  got = jax.jit(lambda p: dp.weighted_grad_sum(
+      loss_fn, p, batch, rule, mask=mask, path="layerwise", has_aux=True,
+      microbatch_size=5))(params)
+  # The NaN example is skipped, padding rows are zero, the rest is exact.
+  assert not np.isfinite(float(got.norms[3])) and float(got.weights[3]) == 0
+  assert np.all(np.asarray(got.weights[8:]) == 0)
+  keep = np.array([i for i in range(10) if i != 3])
+  np.testing.assert_allclose(got.norms[keep], ref.norms[keep], rtol=2e-5)
+  np.testing.assert_allclose(got.losses[keep], ref.losses[keep], rtol=1e-5)
+  np.testing.assert_allclose(got.aux[keep], ref.aux[keep], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got.aux[keep, 0], apply_fn(params, batch[0])[keep],
+                             rtol=1e-4, atol=1e-5)
+  for x, y in zip(jax.tree.leaves(got.grad_sum), jax.tree.leaves(ref.grad_sum)):
+    assert bool(jnp.all(jnp.isfinite(x)))
+    np.testing.assert_allclose(x, y, rtol=0, atol=2e-5 * float(jnp.max(jnp.abs(y))))
+
+
+class _Geometries(nn.Module):
+  """Strides, explicit asymmetric pads, VALID, and a Dense over positions."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = jnp.tanh(nn.Conv(5, (3, 2), strides=(2, 1), padding=((1, 2), (0, 1)),
+                         name="c0")(x))
+    x = jnp.tanh(nn.Conv(4, (2, 3), padding="VALID", use_bias=False,
+                         name="c1")(x))
+    x = jnp.tanh(nn.Conv(6, (3, 3), strides=2, padding="SAME", name="c2")(x))
+    # Dense on each of the 12 positions: T > 1 rows per example. The cost
+    # model materialises "expand" (K=6, O=32) and uses the Gram form for
+    # "mix" (K=O=32); the head sees one row (T=1, rank-one ghost norm).
+    x = jnp.tanh(nn.Dense(32, name="expand")(x))
+    x = jnp.tanh(nn.Dense(32, name="mix")(x))
+    x = x.reshape(x.shape[0], -1)
+    return nn.Dense(4, name="head")(x)
+
+
+def test_conv_geometries_and_multi_row_dense_match_vmap():
+  model = _Geometries()
+  x = jax.random.uniform(jax.random.key(0), (6, 11, 9, 2))
+  y = jnp.arange(6) % 4
+  params = model.init(jax.random.key(1), x)
+  plan = layerwise.plan(lambda p, b: (models.cross_entropy_loss(
+      model.apply(p, b[0]), b[1]), None), params, (x, y))
+  assert plan.applicable
+  assert [l.kind for l in plan.layers] == ["conv"] * 3 + ["dense"] * 3
+  assert [l.ghost for l in plan.layers[3:]] == [False, True, True]
+  loss_fn = lambda p, b: models.cross_entropy_loss(model.apply(p, b[0]), b[1])
+  rule = dp.clip(0.05)
+  ref = dp.weighted_grad_sum(loss_fn, params, (x, y), rule, path="vmap")
+  got = dp.weighted_grad_sum(loss_fn, params, (x, y), rule, path="layerwise")
+  _assert_same(got, ref)
+  assert float(jnp.min(got.weights)) < 1  # clipping active: weights matter
+
+
+class _WithGroupNorm(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(4, (3, 3), name="conv")(x)
+    x = nn.GroupNorm(num_groups=2, name="norm")(x)
+    return nn.Dense(3, name="head")(x.reshape(x.shape[0], -1))
+
+
+class _SharedDense(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    dense = nn.Dense(x.shape[-1], name="shared")
+    return dense(jnp.tanh(dense(x)))
+
+
+@pytest.mark.parametrize("module,leaf,reason", [
+    (_WithGroupNorm(), "['params']['norm']['scale']",
+     "not a Dense/Conv kernel or bias"),
+    (_SharedDense(), "['params']['shared']['kernel']", "shared by several calls"),
+])
+def test_uncovered_parameters_are_named_and_auto_falls_back(module, leaf, reason):
+  shape = (6, 6, 2) if isinstance(module, _WithGroupNorm) else (3,)
+  x = jax.random.normal(jax.random.key(0), (4,) + shape)
+  y = jnp.arange(4) % 3
+  params = module.init(jax.random.key(1), x)
+  loss_fn = lambda p, b: models.cross_entropy_loss(module.apply(p, b[0]), b[1])
+  with pytest.raises(ValueError, match=r"path='layerwise'.*not covered") as err:
+    dp.weighted_grad_sum(loss_fn, params, (x, y), dp.clip(1.0),
+                         path="layerwise")
+  assert f"{leaf} ({reason})" in str(err.value)
+  auto = dp.weighted_grad_sum(loss_fn, params, (x, y), dp.clip(1.0))
+  ref = dp.weighted_grad_sum(loss_fn, params, (x, y), dp.clip(1.0),
+                             path="vmap")
+  _assert_same(auto, ref, rtol=1e-6)
+
+
+def test_plain_jax_loss_without_flax_layers_is_refused_by_layerwise():
+  params = {"w": jnp.ones((3, 2))}
+  loss_fn = lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
+  batch = (jnp.ones((4, 3)), jnp.zeros((4, 2)))
+  with pytest.raises(ValueError, match=r"\['w'\] \(not a Dense/Conv"):
+    dp.weighted_grad_sum(loss_fn, params, batch, dp.clip(1.0), path="layerwise")
