@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ("to_jsonable", "write_json", "markdown_table", "write_report")
+__all__ = ("to_jsonable", "write_json", "read_jsonl", "append_jsonl",
+           "markdown_table", "write_report")
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -43,6 +44,36 @@ def write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> str:
     f.write("\n")
   os.replace(tmp, path)
   return path
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+  """Records of a resumable study's ``results.jsonl`` ([] if it does not exist).
+
+  A run killed mid-write leaves a truncated last line; it is dropped (that
+  run is simply redone). A corrupt line anywhere else raises, naming it.
+  """
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    lines = [line for line in f.read().split("\n") if line.strip()]
+  records = []
+  for number, line in enumerate(lines, 1):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as err:
+      if number == len(lines):
+        break
+      raise ValueError(f"read_jsonl: line {number} of {path!r} is not JSON "
+                       f"({err.msg}); fix or delete that line") from None
+  return records
+
+
+def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
+  """Appends one record as a JSON line (flushed, so a kill loses at most it)."""
+  with open(os.fspath(path), "a") as f:
+    f.write(json.dumps(record) + "\n")
+    f.flush()
 
 
 def _fmt(v: Any) -> str:

@@ -4,6 +4,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 
 from jaxleak import report
 
@@ -29,3 +30,18 @@ def test_markdown_table_and_report(tmp_path):
   text = open(path).read()
   assert "# Run" in text and "| acc | 0.5 |" in text and "![Curve](c.png)" in text
   assert '"lr": 0.1' in text
+
+
+def test_jsonl_round_trip_drops_a_truncated_last_line_and_names_corruption(tmp_path):
+  path = tmp_path / "results.jsonl"
+  assert report.read_jsonl(path) == []
+  report.append_jsonl(path, {"trial": 0, "psnr": 31.5})
+  report.append_jsonl(path, {"trial": 1, "psnr": float("nan")})
+  with open(path, "a") as f:
+    f.write('{"trial": 2, "ps')  # killed mid-write
+  rows = report.read_jsonl(path)
+  assert [r["trial"] for r in rows] == [0, 1] and rows[0]["psnr"] == 31.5
+  assert rows[1]["psnr"] != rows[1]["psnr"]  # NaN survives
+  path.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
+  with pytest.raises(ValueError, match="line 2 of .*results.jsonl"):
+    report.read_jsonl(path)

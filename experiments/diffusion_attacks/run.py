@@ -51,15 +51,13 @@ def _log(msg):
 
 
 def _records(workdir):
-  path = os.path.join(workdir, "results.jsonl")
-  if not os.path.exists(path):
-    return []
-  return [json.loads(line) for line in open(path) if line.strip()]
+  from jaxleak import report  # pylint: disable=g-import-not-at-top
+  return report.read_jsonl(os.path.join(workdir, "results.jsonl"))
 
 
 def _append(workdir, record):
-  with open(os.path.join(workdir, "results.jsonl"), "a") as f:
-    f.write(json.dumps(record) + "\n")
+  from jaxleak import report  # pylint: disable=g-import-not-at-top
+  report.append_jsonl(os.path.join(workdir, "results.jsonl"), record)
 
 
 def _case(cfg, model):

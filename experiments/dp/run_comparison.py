@@ -5,7 +5,6 @@ appended to `results.jsonl` as each run finishes, so an interrupted sweep
 resumes by rerunning the same command. See configs/comparison.py.
 """
 
-import json
 import os
 import sys
 
@@ -61,7 +60,7 @@ def method_family(method):
 
 def run_all(cfg, workdir):
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxleak import data, models, sharding  # pylint: disable=g-import-not-at-top
+  from jaxleak import data, models, report, sharding  # pylint: disable=g-import-not-at-top
   from jaxleak.dp import accounting  # pylint: disable=g-import-not-at-top
   from jaxleak.dp import training as dp_training  # pylint: disable=g-import-not-at-top
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
@@ -71,11 +70,8 @@ def run_all(cfg, workdir):
                     os.path.join(workdir, ".jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   path = os.path.join(workdir, "results.jsonl")
-  done = set()
-  if os.path.exists(path):
-    for line in open(path):
-      r = json.loads(line)
-      done.add((r["dataset"], r["method"], r["epsilon"], r["seed"]))
+  done = {(r["dataset"], r["method"], r["epsilon"], r["seed"])
+          for r in report.read_jsonl(path)}
   mesh = sharding.data_mesh(1)  # 2 CPU cores: sharding buys nothing here
   grid = method_grid(cfg)
   total = (len(cfg.datasets) * len(cfg.epsilons) * len(cfg.seeds) * len(grid))
@@ -111,13 +107,12 @@ def run_all(cfg, workdir):
                  "seed": int(seed), "test_accuracy": res.test_accuracy,
                  "epsilon_spent": res.epsilon, "noise_multiplier": sigma,
                  "steps": res.steps, "wall_time_s": res.wall_time_s}
-          with open(path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+          report.append_jsonl(path, row)
           bar.update(1)
           bar.set_postfix(ds=ds_name, eps=eps, method=method,
                           acc=f"{res.test_accuracy:.3f}")
   bar.close()
-  return [json.loads(line) for line in open(path)]
+  return report.read_jsonl(path)
 
 
 def summarise(rows, cfg, workdir):

@@ -48,6 +48,7 @@ def run_all(cfg, workdir):
   from jaxleak import data  # pylint: disable=g-import-not-at-top
   from jaxleak import influence  # pylint: disable=g-import-not-at-top
   from jaxleak import models  # pylint: disable=g-import-not-at-top
+  from jaxleak import report  # pylint: disable=g-import-not-at-top
   from jaxleak.attacks import inversion  # pylint: disable=g-import-not-at-top
   from jaxleak.influence import audit  # pylint: disable=g-import-not-at-top
 
@@ -56,11 +57,7 @@ def run_all(cfg, workdir):
                     os.path.join(workdir, ".jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   path = os.path.join(workdir, "results.jsonl")
-  done = set()
-  if os.path.exists(path):
-    for line in open(path):
-      r = json.loads(line)
-      done.add((r["index"], r["noise_var"]))
+  done = {(r["index"], r["noise_var"]) for r in report.read_jsonl(path)}
   ds = data.load(cfg.dataset, cfg.split)
   indices = audit.stratified_indices(ds.labels, cfg.n_images, cfg.seed)
   total = len(indices) * len(cfg.noise_vars)
@@ -106,8 +103,7 @@ def run_all(cfg, workdir):
         np.savez_compressed(os.path.join(
             workdir, "arrays", f"{idx}_{var:g}_{name}.npz"),
                             truth=x, reconstruction=res.images)
-      with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+      report.append_jsonl(path, record)
       count += 1
       rmse_pred = record["i2f"] / np.sqrt(x.size)
       print(f"[{count}/{total}] image {idx} (y={y[0]}) var {var:g}: "
@@ -127,10 +123,11 @@ def fill_missing_predictions(cfg, workdir):
   from jaxleak import data  # pylint: disable=g-import-not-at-top
   from jaxleak import influence  # pylint: disable=g-import-not-at-top
   from jaxleak import models  # pylint: disable=g-import-not-at-top
+  from jaxleak import report  # pylint: disable=g-import-not-at-top
   from jaxleak.influence import audit  # pylint: disable=g-import-not-at-top
 
   path = os.path.join(workdir, "results.jsonl")
-  records = [json.loads(line) for line in open(path)]
+  records = report.read_jsonl(path)
   keys = [f"i2f_eps{e:g}" for e in cfg.eps_values]
   todo = [r for r in records if any(k not in r for k in keys)]
   if not todo:
@@ -168,8 +165,7 @@ def summarise(cfg, workdir):
   from jaxleak import report  # pylint: disable=g-import-not-at-top
   from jaxleak.influence import audit  # pylint: disable=g-import-not-at-top
 
-  records = [json.loads(line) for line in
-             open(os.path.join(workdir, "results.jsonl"))]
+  records = report.read_jsonl(os.path.join(workdir, "results.jsonl"))
   d_x = records[0]["d_x"]
   var = np.asarray([r["noise_var"] for r in records])
   rows = []

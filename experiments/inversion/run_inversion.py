@@ -15,7 +15,6 @@ defence and attack), a reconstruction grid per (defence, attack) and
 """
 
 import csv
-import json
 import os
 import sys
 import time
@@ -36,6 +35,7 @@ METRICS = ("psnr", "ssim", "mse", "label_acc", "wall_time_s")
 
 def run_all(cfg, workdir):
   import jax  # pylint: disable=g-import-not-at-top
+  from jaxleak import report  # pylint: disable=g-import-not-at-top
   from jaxleak.attacks import inversion  # pylint: disable=g-import-not-at-top
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
 
@@ -43,11 +43,8 @@ def run_all(cfg, workdir):
                     os.path.join(workdir, ".jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   path = os.path.join(workdir, "results.jsonl")
-  done = set()
-  if os.path.exists(path):
-    for line in open(path):
-      r = json.loads(line)
-      done.add((r["defence"], r["attack"], r["trial"]))
+  done = {(r["defence"], r["attack"], r["trial"])
+          for r in report.read_jsonl(path)}
   case = inversion.CASES[cfg.case].replace(**dict(cfg.case_overrides))
   trials = list(cfg.trials) if not isinstance(cfg.trials, int) else list(
       range(cfg.trials))
@@ -85,8 +82,7 @@ def run_all(cfg, workdir):
                   "final_loss": res.final_loss,
                   "hyperparams": dict(res.hyperparams),
                   "defence_spec": batch.observation.defence}
-        with open(path, "a") as f:
-          f.write(json.dumps(record) + "\n")
+        report.append_jsonl(path, record)
         bar.update(1)
         bar.set_postfix(defence=d_label, attack=attack,
                         psnr=f"{res.metrics['psnr']:.2f}")
@@ -98,8 +94,7 @@ def summarise(cfg, workdir):
   from jaxleak import metrics as metrics_lib
   from jaxleak import report  # pylint: disable=g-import-not-at-top
 
-  records = [json.loads(line) for line in
-             open(os.path.join(workdir, "results.jsonl"))]
+  records = report.read_jsonl(os.path.join(workdir, "results.jsonl"))
   order = [d[0] for d in cfg.defences]
   rows = []
   for d_label in order:
