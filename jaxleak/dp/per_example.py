@@ -104,20 +104,29 @@ def _with_aux(loss_fn: LossFn, has_aux: bool) -> LossFn:
   return lambda params, batch: (loss_fn(params, batch), None)
 
 
-def _chunked(fn, batch, microbatch_size, batch_size, fn_name):
-  """Applies ``fn(chunk)`` over chunks of `microbatch_size` with ``lax.map``."""
-  if microbatch_size is None or microbatch_size >= batch_size:
-    return fn(batch)
+def _split_chunks(batch, microbatch_size, batch_size, fn_name):
+  """``batch`` reshaped to ``[B / microbatch_size, microbatch_size, ...]``."""
   validate.check_positive(microbatch_size, "microbatch_size", fn=fn_name)
   if batch_size % microbatch_size:
     raise ValueError(
         f"{fn_name}: argument 'microbatch_size'={microbatch_size} must divide the "
         f"batch size {batch_size}")
   n_chunks = batch_size // microbatch_size
-  chunks = jax.tree.map(
+  return jax.tree.map(
       lambda a: a.reshape((n_chunks, microbatch_size) + a.shape[1:]), batch)
-  out = jax.lax.map(fn, chunks)
+
+
+def _merge_chunks(out, batch_size):
+  """Inverse of `_split_chunks` for per-example outputs of ``lax.map``."""
   return jax.tree.map(lambda a: a.reshape((batch_size,) + a.shape[2:]), out)
+
+
+def _chunked(fn, batch, microbatch_size, batch_size, fn_name):
+  """Applies ``fn(chunk)`` over chunks of `microbatch_size` with ``lax.map``."""
+  if microbatch_size is None or microbatch_size >= batch_size:
+    return fn(batch)
+  chunks = _split_chunks(batch, microbatch_size, batch_size, fn_name)
+  return _merge_chunks(jax.lax.map(fn, chunks), batch_size)
 
 
 def per_example_grads(loss_fn: LossFn, params: Any, batch: Any, *,
@@ -206,8 +215,8 @@ def weighted_grad_sum(loss_fn: LossFn, params: Any, batch: Any,
   b = _batch_size(batch, "weighted_grad_sum")
   if mask is not None:
     validate.check_shape(mask, "mask", (b,), fn="weighted_grad_sum")
+  aux_loss = _with_aux(loss_fn, has_aux)
   if path in ("auto", "layerwise"):
-    aux_loss = _with_aux(loss_fn, has_aux)
     the_plan = layerwise.plan(aux_loss, params, batch)
     if the_plan.applicable:
       return _layerwise(aux_loss, params, batch, weight_rule, mask, the_plan,
@@ -219,7 +228,7 @@ def weighted_grad_sum(loss_fn: LossFn, params: Any, batch: Any,
           + (", ".join(the_plan.uncovered) or "no Dense/Conv layer was called")
           + ". Use path='vmap' (or 'auto').")
     path = "vmap"
-  single = _single_example_fn(_with_aux(loss_fn, has_aux))
+  single = _single_example_fn(aux_loss)
   if path == "vmap":
     value_and_grad = jax.vmap(jax.value_and_grad(single, has_aux=True),
                               in_axes=(None, 0))
@@ -230,8 +239,8 @@ def weighted_grad_sum(loss_fn: LossFn, params: Any, batch: Any,
     weights = _masked(weight_rule(norms), mask)
     return WeightedGradSum(weighted_sum(grads, weights), norms, weights, losses,
                            aux)
-  norms = per_example_norms(lambda p, x: _with_aux(loss_fn, has_aux)(p, x)[0],
-                            params, batch, microbatch_size=microbatch_size)
+  norms = per_example_norms(lambda p, x: aux_loss(p, x)[0], params, batch,
+                            microbatch_size=microbatch_size)
   weights = jax.lax.stop_gradient(_masked(weight_rule(norms), mask))
   # A NaN input row would still poison pass 2's backward pass (0 * NaN), so
   # rows with weight 0 are replaced by zeros before the forward pass.
@@ -259,20 +268,12 @@ def _layerwise(loss_fn, params, batch, weight_rule, mask, the_plan,
                                        sub_mask, the_plan)
   if microbatch_size is None or microbatch_size >= batch_size:
     return WeightedGradSum(*chunk_fn((batch, mask)))
-  validate.check_positive(microbatch_size, "microbatch_size",
-                          fn="weighted_grad_sum")
-  if batch_size % microbatch_size:
-    raise ValueError(
-        f"weighted_grad_sum: argument 'microbatch_size'={microbatch_size} must "
-        f"divide the batch size {batch_size}")
-  n = batch_size // microbatch_size
-  chunks = jax.tree.map(
-      lambda a: a.reshape((n, microbatch_size) + a.shape[1:]), (batch, mask))
-  sums, norms, weights, losses, aux = jax.lax.map(chunk_fn, chunks)
-  unchunk = lambda a: a.reshape((batch_size,) + a.shape[2:])
+  chunks = _split_chunks((batch, mask), microbatch_size, batch_size,
+                         "weighted_grad_sum")
+  sums, *per_example = jax.lax.map(chunk_fn, chunks)
+  # The grad sums of the chunks add up; everything else is per example.
   return WeightedGradSum(jax.tree.map(lambda s: jnp.sum(s, axis=0), sums),
-                         unchunk(norms), unchunk(weights), unchunk(losses),
-                         jax.tree.map(unchunk, aux))
+                         *_merge_chunks(per_example, batch_size))
 
 
 def _masked(weights: jax.Array, mask: jax.Array | None) -> jax.Array:
