@@ -59,3 +59,59 @@ def conv_geometry(module: nn.Module, x: jax.Array) -> ConvGeometry | None:
   if pads is None:
     return None
   return ConvGeometry(tuple(ks), strides, pads)
+
+
+def can_fold_strides(geometry: ConvGeometry) -> bool:
+  """Whether `fold_strides` applies: some stride > 1, each dividing its kernel size."""
+  (kh, kw), (sh, sw), _ = geometry
+  return (sh, sw) != (1, 1) and kh % sh == 0 and kw % sw == 0
+
+
+def fold_strides(x: jax.Array, kernel: jax.Array, geometry: ConvGeometry):
+  """A strided convolution as a stride-1 one on space-to-depth blocks.
+
+  With ``kh = sh·kh'`` (and likewise for widths), output row ``o`` of a
+  stride-``sh`` convolution reads padded input rows ``sh·(o + a) + r`` through
+  kernel row ``sh·a + r`` (``a < kh'``, ``r < sh``). Folding each ``sh x sw``
+  block of the padded input into channels (order ``(r, r', c)``) and the
+  kernel the same way therefore gives a VALID, stride-1 convolution with a
+  ``kh' x kw'`` kernel and ``sh·sw·C`` input channels, and the same output.
+
+  Args:
+    x: ``[B, H, W, C]``.
+    kernel: ``[kh, kw, C, O]``.
+    geometry: the convolution's; `can_fold_strides` must hold.
+
+  Returns:
+    ``(folded_x, folded_kernel, folded_geometry)``.
+  """
+  (kh, kw), (sh, sw), pads = geometry
+  b, h, w, c = x.shape
+  ho = (h + pads[0][0] + pads[0][1] - kh) // sh + 1
+  wo = (w + pads[1][0] + pads[1][1] - kw) // sw + 1
+  kh2, kw2 = kh // sh, kw // sw
+  # The padded extent the folded convolution reads (may differ from the
+  # original's by the rows a strided window never reaches).
+  need_h, need_w = sh * (ho + kh2 - 1), sw * (wo + kw2 - 1)
+  xp = jax.numpy.pad(x, ((0, 0),
+                         (pads[0][0], max(0, need_h - h - pads[0][0])),
+                         (pads[1][0], max(0, need_w - w - pads[1][0])),
+                         (0, 0)))[:, :need_h, :need_w]
+  folded_x = xp.reshape(b, need_h // sh, sh, need_w // sw, sw, c).transpose(
+      0, 1, 3, 2, 4, 5).reshape(b, need_h // sh, need_w // sw, sh * sw * c)
+  o = kernel.shape[-1]
+  folded_kernel = kernel.reshape(kh2, sh, kw2, sw, c, o).transpose(
+      0, 2, 1, 3, 4, 5).reshape(kh2, kw2, sh * sw * c, o)
+  return folded_x, folded_kernel, ConvGeometry((kh2, kw2), (1, 1),
+                                               ((0, 0), (0, 0)))
+
+
+def unfold_kernel(folded: jax.Array, strides: tuple[int, int]) -> jax.Array:
+  """Inverse of `fold_strides` on kernels: ``[..., kh', kw', sh·sw·C, O]`` -> ``[..., kh, kw, C, O]``."""
+  sh, sw = strides
+  *lead, kh2, kw2, ssc, o = folded.shape
+  c = ssc // (sh * sw)
+  n = len(lead)
+  perm = tuple(range(n)) + tuple(n + i for i in (0, 2, 1, 3, 4, 5))
+  return folded.reshape(*lead, kh2, kw2, sh, sw, c, o).transpose(perm).reshape(
+      *lead, kh2 * sh, kw2 * sw, c, o)
