@@ -32,7 +32,6 @@ import warnings
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 __all__ = (
     "Checkpointer",
@@ -46,6 +45,17 @@ _CHECKSUM_FIELD = "_checksum"
 
 # orbax logs every save/restore at INFO; that drowns the progress bars.
 logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+def _ocp():
+  """``orbax.checkpoint``, imported when a `Checkpointer` is made.
+
+  Importing it (with TensorStore) costs about 25 MB of resident memory, which
+  modules that merely can checkpoint (every training loop) should not charge
+  to runs that never do.
+  """
+  import orbax.checkpoint  # pylint: disable=g-import-not-at-top
+  return orbax.checkpoint
 
 
 class CheckpointError(RuntimeError):
@@ -139,13 +149,13 @@ class Checkpointer:
           f"good checkpoint survives a corrupt newest one, got {max_to_keep!r}")
     self.directory = os.path.abspath(os.fspath(directory))
     os.makedirs(self.directory, exist_ok=True)
-    options = ocp.CheckpointManagerOptions(
+    options = _ocp().CheckpointManagerOptions(
         max_to_keep=int(max_to_keep),
         # Synchronous saves: a training step never races a half-written file.
         enable_async_checkpointing=False,
         create=True,
     )
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._manager = _ocp().CheckpointManager(self.directory, options=options)
 
   # -- queries ---------------------------------------------------------------
   @property
@@ -194,9 +204,9 @@ class Checkpointer:
     try:
       self._manager.save(
           step,
-          args=ocp.args.Composite(
-              state=ocp.args.StandardSave(raw),
-              meta=ocp.args.JsonSave(meta),
+          args=_ocp().args.Composite(
+              state=_ocp().args.StandardSave(raw),
+              meta=_ocp().args.JsonSave(meta),
           ),
           force=True,
       )
@@ -239,7 +249,7 @@ class Checkpointer:
     path = self.step_path(step)
     try:
       meta = self._manager.restore(
-          step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+          step, args=_ocp().args.Composite(meta=_ocp().args.JsonRestore())).meta
     except Exception as e:
       raise CorruptCheckpointError(
           f"checkpoint step {step} at {path} has unreadable metadata: {e}") from e
@@ -249,11 +259,12 @@ class Checkpointer:
           "(was it written by another tool, or truncated?)")
     impls = meta.pop(_KEYS_FIELD, {})
     checksum = meta.pop(_CHECKSUM_FIELD)
-    restore_arg = (ocp.args.StandardRestore() if target is None
-                   else ocp.args.StandardRestore(_abstract(target)))
+    args = _ocp().args
+    restore_arg = (args.StandardRestore() if target is None
+                   else args.StandardRestore(_abstract(target)))
     try:
       raw = self._manager.restore(
-          step, args=ocp.args.Composite(state=restore_arg)).state
+          step, args=args.Composite(state=restore_arg)).state
     except Exception as e:
       hint = ("; the saved pytree may not match argument 'target' "
               "(different model or optimiser?)") if target is not None else ""
