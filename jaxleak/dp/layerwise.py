@@ -25,9 +25,9 @@ ghost norms:
   * ghost (Conv): the tap-wise per-example gradients are reduced to norms
     as they are formed and not kept; the weighted sum is recomputed tap by
     tap as ``Σ_b tap_bᵀ (w_b G_b)``. Chosen when a layer's per-example
-    gradient (``K·O``) is at least as large as what the recomputation reads
-    (``kh·kw·T·(C + O)``): there it is faster (memory traffic) and it never
-    holds that layer's ``B x params`` buffer.
+    gradient (``K·O``) is at least 3/4 of what the recomputation reads
+    (``kh·kw·T·(C + O)``): there it is faster (memory traffic; measured, see
+    `_prefer_ghost`) and it never holds that layer's ``B x params`` buffer.
 
 Each layer takes the cheaper form. The norms are exact (no
 approximation), so every sensitivity bound of `jaxleak.dp.weights` holds as
@@ -162,10 +162,13 @@ def _prefer_ghost(kind: str, kernel_shape, out_shape) -> bool:
   k, o = math.prod(kernel_shape[:-1]), kernel_shape[-1]
   t = math.prod(out_shape[:-1])
   if kind == "conv":
-    # XLA:CPU, B=256, 3x3 convs: at 8x8x128->128 recomputing took 354 ms
-    # against 431 ms for materialising; at 32x32x32->32 1224 vs 479 ms.
+    # XLA:CPU, B=256, whole DP steps. Ratio k·o / (kh·kw·t·(c+o)) of 1
+    # (cnn_cifar 8x8x128->128): recomputing 354 ms, materialising 431 ms;
+    # 0.85 (cnn_mnist's folded conv1): 6.2-7.3k vs 4.9k samples/s; 0.67
+    # (cnn_cifar 16x16x64->128): 147-156 vs 164-166 samples/s; 0.016
+    # (32x32x32->32): 1224 vs 479 ms. Hence the threshold 3/4.
     kh, kw, c, _ = kernel_shape
-    return k * o >= kh * kw * t * (c + o)
+    return 4 * k * o >= 3 * kh * kw * t * (c + o)
   return t * t * (k + o) < t * k * o
 
 

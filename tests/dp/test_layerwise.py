@@ -107,6 +107,39 @@ def test_conv_geometries_and_multi_row_dense_match_vmap():
   assert float(jnp.min(got.weights)) < 1  # clipping active: weights matter
 
 
+class _FoldedStrides(nn.Module):
+  """Strided convs whose strides divide their kernels: run space-to-depth."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = jnp.tanh(nn.Conv(5, (4, 3), strides=(2, 3), padding=((2, 1), (1, 1)),
+                         name="c0")(x))
+    x = jnp.tanh(nn.Conv(3, (2, 2), strides=2, padding="VALID", name="c1")(x))
+    return nn.Dense(4, name="head")(x.reshape(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("ghost", [False, True])
+def test_folded_strided_convs_match_vmap_in_both_forms(ghost, monkeypatch):
+  model = _FoldedStrides()
+  x = jax.random.uniform(jax.random.key(0), (6, 11, 9, 2))
+  y = jnp.arange(6) % 4
+  params = model.init(jax.random.key(1), x)
+  # Force one form for every layer (the cost model would mix them).
+  monkeypatch.setattr(layerwise, "_prefer_ghost",
+                      lambda kind, kernel_shape, out_shape: ghost)
+  plan = layerwise.plan(lambda p, b: (models.cross_entropy_loss(
+      model.apply(p, b[0]), b[1]), None), params, (x, y))
+  assert [l.folded_strides for l in plan.layers] == [(2, 3), (2, 2), None]
+  assert plan.layers[0].geometry.kernel_hw == (2, 1)
+  assert [l.ghost for l in plan.layers] == [ghost] * 3
+  loss_fn = lambda p, b: models.cross_entropy_loss(model.apply(p, b[0]), b[1])
+  rule = dp.clip(0.05)
+  ref = dp.weighted_grad_sum(loss_fn, params, (x, y), rule, path="vmap")
+  got = dp.weighted_grad_sum(loss_fn, params, (x, y), rule, path="layerwise")
+  _assert_same(got, ref)
+  assert float(jnp.min(got.weights)) < 1
+
+
 class _WithGroupNorm(nn.Module):
   @nn.compact
   def __call__(self, x):
