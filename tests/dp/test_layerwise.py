@@ -182,3 +182,28 @@ def test_plain_jax_loss_without_flax_layers_is_refused_by_layerwise():
   batch = (jnp.ones((4, 3)), jnp.zeros((4, 2)))
   with pytest.raises(ValueError, match=r"\['w'\] \(not a Dense/Conv"):
     dp.weighted_grad_sum(loss_fn, params, batch, dp.clip(1.0), path="layerwise")
+
+
+def test_independent_parts_split_large_batches_without_changing_results(
+    monkeypatch):
+  from jaxleak.dp import per_example  # pylint: disable=g-import-not-at-top
+  assert [per_example._independent_parts(b) for b in (10, 64, 96, 128, 130, 63)] == [
+      1, 2, 2, 4, 2, 1]
+  apply_fn, params = models.create("cnn_mnist", 10, (8, 8, 1), jax.random.key(2))
+  loss_fn = _classifier_loss(apply_fn)
+  batch = _batch((8, 8, 1), b=128, nan_row=5)
+  mask = jnp.arange(128) < 120
+  rule = dp.psac(1.0, 0.1)
+  run = lambda path: dp.weighted_grad_sum(loss_fn, params, batch, rule,
+                                          mask=mask, path=path, has_aux=True)
+  split = run("layerwise")
+  monkeypatch.setattr(per_example, "CPU_INDEPENDENT_PARTS", 1)
+  whole = run("layerwise")
+  ref = run("vmap")
+  for got in (split, whole):
+    assert float(got.weights[5]) == 0 and np.all(np.asarray(got.weights[120:]) == 0)
+    keep = np.arange(128) != 5
+    np.testing.assert_allclose(got.norms[keep], ref.norms[keep], rtol=2e-5)
+    np.testing.assert_allclose(got.aux[keep], ref.aux[keep], rtol=1e-5, atol=1e-6)
+    for x, y in zip(jax.tree.leaves(got.grad_sum), jax.tree.leaves(ref.grad_sum)):
+      np.testing.assert_allclose(x, y, rtol=0, atol=2e-5 * float(jnp.max(jnp.abs(y))))
