@@ -18,6 +18,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/dp_comparison", "output folder")
+_SUMMARISE_ONLY = flags.DEFINE_bool(
+    "summarise_only", False,
+    "rebuild the tables, plots and report from results.jsonl without training "
+    "(e.g. while several processes share one workdir)")
 
 
 def dataset_setting(cfg, ds_name, name):
@@ -151,6 +155,8 @@ def summarise(rows, cfg, workdir):
         accs = groups[(ds, best, eps)]
         best_of[(ds, family, eps)] = 100 * np.mean(accs)
         setting = best[len(family):]
+        if "@" not in setting:
+          setting += "@lr x1"
         shown = family + (f" (best {setting})" if len(variants[family]) > 1
                           else setting)
         table.append({"dataset": ds, "epsilon": eps, "method": shown,
@@ -190,7 +196,11 @@ def main(argv):
   cfg = _CONFIG.value
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
-  rows = run_all(cfg, workdir)
+  if _SUMMARISE_ONLY.value:
+    from jaxleak import report  # pylint: disable=g-import-not-at-top
+    rows = report.read_jsonl(os.path.join(workdir, "results.jsonl"))
+  else:
+    rows = run_all(cfg, workdir)
   summarise(rows, cfg, workdir)
 
 
