@@ -177,6 +177,8 @@ def summarise(rows, cfg, workdir):
       xs = sorted(e for (d, f, e) in best_of if d == ds and f == family)
       curves[family + " (best variant)"] = (
           xs, [best_of[(ds, family, e)] for e in xs])
+    if not curves:
+      continue  # no results for this dataset yet
     figures[f"Test accuracy vs epsilon ({ds})"] = metrics.save_curves(
         curves, os.path.join(workdir, f"accuracy_vs_epsilon_{ds}.png"),
         xlabel="epsilon (delta = %g)" % cfg.delta, ylabel="test accuracy (%)",
@@ -199,6 +201,8 @@ def main(argv):
   if _SUMMARISE_ONLY.value:
     from jaxleak import report  # pylint: disable=g-import-not-at-top
     rows = report.read_jsonl(os.path.join(workdir, "results.jsonl"))
+    if not rows:
+      raise SystemExit(f"--summarise_only: no results in {workdir}/results.jsonl")
   else:
     rows = run_all(cfg, workdir)
   summarise(rows, cfg, workdir)
