@@ -37,6 +37,7 @@ from jaxleak import models as models_lib
 from jaxleak import report
 from jaxleak import sharding as sharding_lib
 from jaxleak import training as training_lib
+from jaxleak._src import host_memory
 from jaxleak._src import validate
 from jaxleak.dp import accounting
 from jaxleak.dp import aggregate
@@ -110,7 +111,11 @@ def make_dp_train_step(apply_fn: Callable[[Any, jax.Array], jax.Array],
   its ``"data"`` axis (`jaxleak.sharding.shard_batch`) and their leading size
   divisible by the device count.
 
-  Returns from the step: ``(params, opt_state, DPStepMetrics)``.
+  Returns from the step: ``(params, opt_state, DPStepMetrics)``. The step is
+  ``jax.jit``-compiled; params and optimiser state are committed to their
+  devices on every call (so the step compiles once), and the first call hands
+  the compiler's freed heap back to the OS before running
+  (`jaxleak._src.host_memory.CompileThenTrim`).
   """
   validate.check_choice(path, "path", per_example.PATHS, fn="make_dp_train_step")
   loss_fn = loss_fn or models_lib.cross_entropy_loss
@@ -163,7 +168,9 @@ def make_dp_train_step(apply_fn: Callable[[Any, jax.Array], jax.Array],
         loss=stats[0] / n_real, accuracy=stats[1] / n_real,
         batch_size=stats[2], num_skipped=stats[3])
 
-  return step
+  # Compiling leaves the compiler's freed heap mapped; handing it back before
+  # the first run keeps it from adding to the step's own memory.
+  return host_memory.CompileThenTrim(step, carried_argnums=(0, 1))
 
 
 @dataclasses.dataclass(frozen=True)
