@@ -16,6 +16,8 @@ import jax
 from jax import lax
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
+# Flax's layouts, as ``lax.conv_general_dilated`` dimension numbers.
+DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 
 class ConvGeometry(NamedTuple):

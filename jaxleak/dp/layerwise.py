@@ -145,7 +145,7 @@ class _Recorder:
         taps_kernel_shape = tuple(folded_kernel.shape)
         y = jax.lax.conv_general_dilated(
             x, folded_kernel, (1, 1), geometry.pads,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            dimension_numbers=conv_geometry.DIMENSION_NUMBERS)
         if bias is not None:
           y = y + bias
       else:

@@ -42,7 +42,7 @@ from jaxleak._src import conv_geometry
 
 __all__ = ("conv2d", "patches", "intercept")
 
-_DIMS = ("NHWC", "HWIO", "NHWC")
+_DIMS = conv_geometry.DIMENSION_NUMBERS
 Pads = conv_geometry.Pads
 
 
