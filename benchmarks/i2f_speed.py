@@ -6,7 +6,7 @@ process and after each has been compiled once (compilation is reported
 separately), we time
 
 * ``jaxleak.influence.i2f`` (CG solve of ``(J J^T + eps I) b = J delta``,
-  eps = 1, tol 1e-6), median over `--repeats` calls, and
+  eps = 1, default tol), median over `--repeats` calls, and
 * the attack whose error I²F predicts: the L2 gradient-matching attack
   (iDLG objective with the known label, L-BFGS; `--attack-steps`, default
   1000 as in experiments/influence) on the same noisy gradient; and

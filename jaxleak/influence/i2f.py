@@ -68,6 +68,10 @@ ApplyFn = Callable[[Any, Array], Array]
 ClassifierLossFn = Callable[[Array, Any], Array]
 
 SOLVERS = ("cg", "gd")
+# CG stops at ||r|| <= tol ||J delta||. 1e-4 is at float32's noise floor for
+# the norm: on sigmoid LeNet/28x28 (5 images, eps = 1, noise var 1e-5 and
+# 1e-2) ||b|| agrees with tol = 1e-6 to <= 4e-7 relative, in ~25% less time.
+DEFAULT_TOL = 1e-4
 EIG_METHODS = ("lanczos", "power")
 
 
@@ -377,7 +381,7 @@ def _expectation_core(apply_fn, params, x, y, probes, eps, tol, *, loss_fn,
 
 def i2f(apply_fn: ApplyFn, params: Any, x: Any, y: Any, delta: Any, *,
         eps: float = 1.0, solver: str = "cg",
-        loss_fn: ClassifierLossFn | None = None, tol: float = 1e-6,
+        loss_fn: ClassifierLossFn | None = None, tol: float = DEFAULT_TOL,
         maxiter: int | None = None, gd_lr: float | None = None,
         matmul_conv: bool = True) -> tuple[Array, Array]:
   """The inversion influence ``I(delta; x) = ||(J J^T + eps I)^{-1} J delta||``.
@@ -405,7 +409,7 @@ def i2f(apply_fn: ApplyFn, params: Any, x: Any, y: Any, delta: Any, *,
       the reference code's solver, kept for parity tests).
     loss_fn: ``loss_fn(logits, y) -> scalar``; default: batch-mean softmax
       cross-entropy with integer labels.
-    tol: relative residual tolerance of the solve.
+    tol: relative residual tolerance of the solve (default `DEFAULT_TOL`).
     maxiter: iteration cap (CG: JAX's default ``10 d_x``; GD: 2000).
     gd_lr: GD step size; default ``1 / (lambda_max + eps)`` from 30 power
       iterations.
@@ -436,7 +440,7 @@ def i2f(apply_fn: ApplyFn, params: Any, x: Any, y: Any, delta: Any, *,
 
 def i2f_per_image(apply_fn: ApplyFn, params: Any, images: Any, labels: Any,
                   deltas: Any, *, eps: float = 1.0, solver: str = "cg",
-                  loss_fn: ClassifierLossFn | None = None, tol: float = 1e-6,
+                  loss_fn: ClassifierLossFn | None = None, tol: float = DEFAULT_TOL,
                   maxiter: int | None = None, gd_lr: float | None = None,
                   matmul_conv: bool = True) -> tuple[Array, Array]:
   """`i2f` for N single-image victims at once (`jax.vmap` over images).
@@ -545,7 +549,7 @@ def i2f_expectation(apply_fn: ApplyFn, params: Any, x: Any, y: Any,
                     noise_std: float, *, key: Any, eps: float = 1.0,
                     num_probes: int = 16, form: str = "damped",
                     loss_fn: ClassifierLossFn | None = None,
-                    tol: float = 1e-6, maxiter: int | None = None,
+                    tol: float = DEFAULT_TOL, maxiter: int | None = None,
                     return_stderr: bool = False,
                     matmul_conv: bool = True) -> Any:
   """``E[I^2]`` under Gaussian noise ``delta ~ N(0, s^2 I)``, without sampling noise.
