@@ -325,8 +325,17 @@ def summarise(cfg, workdir):
       floor = [float(theory.linearized_error_bound(
           0.1 * r["grad_rms"], r["j_private"], r["input_size"],
           r["num_params"])) for r in mr]
+      # RV in units of the defence's noise scale: the noise std here is a
+      # multiple of the gradient's RMS, so RV / RMS(g) is the sensitivity
+      # that noise of a given relative level has to mask.
+      rv_per_rms = [r["rv"] / r["grad_rms"] for r in mr]
       rv_rows.append({"victim": model, "params": mr[0]["num_params"],
                       "RV (max over candidates)": f"{rv_m:.4g} ± {rv_s:.2g}",
+                      # The ratio is heavy-tailed (a trial with a tiny
+                      # gradient), so both are shown.
+                      "RV / grad RMS, median (mean)":
+                          f"{np.median(rv_per_rms):.4g} "
+                          f"({np.mean(rv_per_rms):.4g})",
                       "‖J(x*)‖_F": f"{j_m:.4g}",
                       "grad RMS": f"{np.mean(list(grad_rms.values())):.3g}",
                       "‖J(x*)‖_F / ‖g‖": f"{np.mean(rel_sens):.4g}",
