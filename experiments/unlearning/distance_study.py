@@ -15,8 +15,9 @@ retained objective but does not replay the original minibatch sequence:
   w*) for several proximal strengths rho (in units of 1 / tau, tau = sum of
   the recipe's learning rates), i.e. how fast the iteration approaches its
   fixed point and how good the fixed point is.
-* ``GD-filter limit, k HVPs``: the best linearised answer: Lanczos on the
-  retained Hessian at w* (k Hessian-vector products, by forward secant
+* ``GD-filter limit, k HVPs``: the best linearised answer: Lanczos
+  (`jaxleak.influence.lanczos`) on the retained Hessian at w* (k
+  Hessian-vector products, by forward secant
   differences of retained gradients) applied to the exact early-stopping
   filter of the recipe, ``f(h) = (1 - prod_t (1 - eta_t h)) / h``, on the
   forget-induced gradient change. For a quadratic loss and full-batch GD this
@@ -46,37 +47,19 @@ sys.path.insert(0, _HERE)
 from sweep import load_config  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def lanczos_filter_estimates(matvec, rhs, filters, num_iters):
-  """Approximates ``f(A) rhs`` for each f in `filters` after 1..num_iters
-  Lanczos steps (full re-orthogonalisation): ``||rhs|| Q f(T) e_1``."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+def krylov_filter_estimate(matvec, rhs, filters, num_iters):
+  """``f(A) rhs`` for each f in `filters`, from `num_iters` Lanczos steps.
+
+  With Ritz pairs (theta_i, v_i) of A in the Krylov space of `rhs`
+  (`jaxleak.influence.lanczos`), ``f(A) rhs ~ sum_i f(theta_i) <v_i, rhs>
+  v_i``, exact when the space is invariant.
+  """
   import numpy as np  # pylint: disable=g-import-not-at-top
-  beta0 = float(jnp.linalg.norm(rhs))
-  basis = [rhs / beta0]
-  alphas, betas, out = [], [], []
-  prev, b = jnp.zeros_like(rhs), 0.0
-  for _ in range(num_iters):
-    q = basis[-1]
-    w = matvec(q)
-    a = float(q @ w)
-    w = w - a * q - b * prev
-    for v in basis:
-      w = w - (v @ w) * v
-    b = float(jnp.linalg.norm(w))
-    alphas.append(a)
-    betas.append(b)
-    prev = q
-    basis.append(w / b)
-    m = len(alphas)
-    t = (np.diag(alphas) + np.diag(betas[:m - 1], 1)
-         + np.diag(betas[:m - 1], -1))
-    theta, s = np.linalg.eigh(t)
-    step = {}
-    for name, f in filters.items():
-      coeff = s @ (f(theta) * s[0]) * beta0
-      step[name] = sum(float(c) * v for c, v in zip(coeff, basis[:m]))
-    out.append(step)
-  return out
+  from jaxleak import influence  # pylint: disable=g-import-not-at-top
+  theta, vectors = influence.lanczos(matvec, rhs, num_iters)
+  theta = np.asarray(theta, np.float64)
+  coeff = vectors @ rhs
+  return {name: (f(theta) * coeff) @ vectors for name, f in filters.items()}
 
 
 def main(argv=None) -> int:
@@ -186,10 +169,10 @@ def main(argv=None) -> int:
       prod = prod * (1.0 - e * theta)
     return (1.0 - prod) / theta
 
-  estimates = lanczos_filter_estimates(
-      matvec, shift, {"gd_filter": gd_filter,
-                      "ridge_1_over_tau": lambda th: 1.0 / (th + 1.0 / tau)},
-      args.hvps)
+  filters = {"gd_filter": gd_filter,
+             "ridge_1_over_tau": lambda th: 1.0 / (th + 1.0 / tau)}
+  estimates = [krylov_filter_estimate(matvec, shift, filters, k)
+               for k in range(1, args.hvps + 1)]
   res["gd_filter_limit"] = [dist(w_star - e["gd_filter"]) for e in estimates]
   res["ridge_limit"] = [dist(w_star - e["ridge_1_over_tau"])
                         for e in estimates]
