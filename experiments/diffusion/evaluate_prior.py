@@ -45,10 +45,6 @@ from jaxleak import training  # noqa: E402
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
-def _sample_seed(args) -> int:
-  return args.seed if args.sample_seed is None else args.sample_seed
-
-
 def train_judge(prior: diffusion.Prior, dataset: str, workdir: str,
                 seed: int) -> tuple[object, object, float]:
   """cnn_mnist trained on the prior's dataset at the prior's resolution.
@@ -79,7 +75,7 @@ def evaluate_conditional(prior, args, out: dict) -> tuple[dict, dict]:
   k = prior.num_classes
   labels = np.arange(args.n) % k
   t0 = time.time()
-  samples = diffusion.generate(prior, jax.random.key(_sample_seed(args)), args.n,
+  samples = diffusion.generate(prior, jax.random.key(args.sample_seed), args.n,
                                labels=labels, num_steps=args.steps,
                                eta=args.eta,
                                guidance_scale=args.guidance_scale)
@@ -114,7 +110,7 @@ def evaluate_unconditional(prior, args, out: dict) -> tuple[dict, dict]:
   train = data.load(dataset, "train", resolution=prior.resolution)
   test = data.load(dataset, "test", resolution=prior.resolution)
   t0 = time.time()
-  samples = diffusion.generate(prior, jax.random.key(_sample_seed(args)), args.n,
+  samples = diffusion.generate(prior, jax.random.key(args.sample_seed), args.n,
                                num_steps=args.steps, eta=args.eta)
   sample_s = time.time() - t0
   nn_samples = diffusion.nearest_neighbour_ssim(samples, train.images)
@@ -155,11 +151,13 @@ def main(argv=None) -> int:
                   help="sampling seed, to report on samples other than the "
                        "ones settings were chosen on (default: --seed)")
   args = ap.parse_args(argv)
+  if args.sample_seed is None:
+    args.sample_seed = args.seed
   os.makedirs(args.workdir, exist_ok=True)
   prior = diffusion.load_prior(args.prior)
   out = {"prior": prior.name, "n": args.n, "ddim_steps": args.steps, "eta": args.eta,
          "guidance_scale": args.guidance_scale, "seed": args.seed,
-         "sample_seed": _sample_seed(args),
+         "sample_seed": args.sample_seed,
          "prior_info": prior.info}
   if prior.conditional:
     tables, figures = evaluate_conditional(prior, args, out)
