@@ -440,8 +440,9 @@ def i2f(apply_fn: ApplyFn, params: Any, x: Any, y: Any, delta: Any, *,
 
 def i2f_per_image(apply_fn: ApplyFn, params: Any, images: Any, labels: Any,
                   deltas: Any, *, eps: float = 1.0, solver: str = "cg",
-                  loss_fn: ClassifierLossFn | None = None, tol: float = DEFAULT_TOL,
-                  maxiter: int | None = None, gd_lr: float | None = None,
+                  loss_fn: ClassifierLossFn | None = None,
+                  tol: float = DEFAULT_TOL, maxiter: int | None = None,
+                  gd_lr: float | None = None,
                   matmul_conv: bool = True) -> tuple[Array, Array]:
   """`i2f` for N single-image victims at once (`jax.vmap` over images).
 
