@@ -111,7 +111,11 @@ def write_report(workdir: str | os.PathLike, title: str, *,
     title: the report heading.
     summary: headline numbers, shown as a two-column table.
     tables: named tables (lists of row dicts).
-    figures: caption -> PNG path (relative paths are kept relative).
+    figures: caption -> PNG path. Absolute paths and paths that exist from
+      the current directory (e.g. ``os.path.join(workdir, "x.png")`` with a
+      relative `workdir`) are linked relative to `workdir`, so the report
+      renders wherever the folder is moved; other relative paths are taken
+      as already relative to `workdir`.
     config: the run's configuration, shown at the end.
     notes: free text added after the summary.
   """
@@ -129,7 +133,10 @@ def write_report(workdir: str | os.PathLike, title: str, *,
     parts.append(f"## {name}\n")
     parts.append(markdown_table(rows))
   for caption, path in (figures or {}).items():
-    rel = os.path.relpath(path, workdir) if os.path.isabs(path) else path
+    if os.path.isabs(path) or os.path.exists(path):
+      rel = os.path.relpath(os.path.abspath(path), os.path.abspath(workdir))
+    else:
+      rel = os.fspath(path)
     parts.append(f"## {caption}\n\n![{caption}]({rel})\n")
   if config:
     parts.append("## Configuration\n\n```json\n"

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -30,6 +31,20 @@ def test_markdown_table_and_report(tmp_path):
   text = open(path).read()
   assert "# Run" in text and "| acc | 0.5 |" in text and "![Curve](c.png)" in text
   assert '"lr": 0.1' in text
+
+
+def test_report_links_figures_relative_to_its_folder(tmp_path, monkeypatch):
+  # A relative workdir joined into the figure path (how launchers build it)
+  # must link to "sub/fig.png" from inside the folder, not from the cwd.
+  monkeypatch.chdir(tmp_path)
+  os.makedirs("out/sub")
+  open("out/sub/fig.png", "wb").close()
+  path = report.write_report("out", "Run", figures={
+      "Joined": os.path.join("out", "sub", "fig.png"),
+      "Already relative": "later.png"})
+  text = open(path).read()
+  assert "![Joined](sub/fig.png)" in text
+  assert "![Already relative](later.png)" in text
 
 
 def test_jsonl_round_trip_drops_a_truncated_last_line_and_names_corruption(tmp_path):
