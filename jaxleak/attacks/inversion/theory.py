@@ -16,6 +16,16 @@ Jacobian products shared with I²F (`jaxleak.influence.jacobian`): with
 Rademacher probes ``v`` in parameter space, ``E ‖J v‖² = ‖J‖_F²`` and
 ``J v = ∇_x ⟨∇_θ L, v⟩`` is one forward-over-reverse product.
 
+The spec writes the Jacobian of the network output F; its implementation
+note (and the single-image threat model, whose observation is ``∇_θ L``)
+uses the loss. Both are offered (``target="loss"`` is the default,
+``target="logits"`` sums ``‖∂x∂θ F_c‖_F²`` over the classes c). The
+absolute RV is not comparable across architectures when gradient noise is
+set relative to the gradient's size, as it is in DP-style defences and in
+our experiments (std = c · RMS(∇_θ L)): then the linearised floor below is
+``c k / (√d_x · ‖J(x)‖_F / RMS(∇_θ L(x)))``, so `RVResult` also carries the
+noise-relative RV ``‖J(x)‖_F / RMS(∇_θ L(x))`` per candidate.
+
 `linearized_error_bound` gives the shape of a noise-driven error floor:
 linearising ``A`` at the private x*, any unbiased reconstruction from
 ``g̃ = A(x*) + n``, ``n ~ N(0, s² I)``, has ``E ‖x̂ - x*‖² ≥
@@ -58,6 +68,11 @@ class RVResult(NamedTuple):
     num_probes: Hutchinson probes per candidate.
     num_params: d_θ (trainable parameters).
     input_size: d_x (values per input image).
+    grad_rms: ``[N]`` RMS of the shared gradient ``∇_θ L(x_i)`` (the scale
+      of gradient noise set relative to the gradient).
+    relative: ``[N]`` noise-relative RV ``‖J(x_i)‖_F / RMS(∇_θ L(x_i))``.
+    rv_relative: ``max_i relative[i]``.
+    target: "loss" or "logits" (what J differentiates).
   """
 
   rv: float
@@ -66,6 +81,10 @@ class RVResult(NamedTuple):
   num_probes: int
   num_params: int
   input_size: int
+  grad_rms: np.ndarray
+  relative: np.ndarray
+  rv_relative: float
+  target: str
 
 
 def _loss_fn(apply_fn: Callable[..., jax.Array], params: Any,
@@ -79,19 +98,61 @@ def _loss_fn(apply_fn: Callable[..., jax.Array], params: Any,
   return loss
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6))
-def _frob_sq_hutchinson(apply_fn, params, x, label, key, num_probes, space):
+def _projected_logits_fn(apply_fn: Callable[..., jax.Array], params: Any,
+                         direction: jax.Array
+                         ) -> Callable[[Any, jax.Array], jax.Array]:
+  """``⟨u, F(θ_trainable, x)⟩`` for an output-space direction u."""
+
+  def projected(theta, x):
+    logits = apply_fn(objectives.with_trainable(params, theta), x)
+    return jnp.sum(direction * logits)
+
+  return projected
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7))
+def _frob_sq_hutchinson(apply_fn, params, x, label, key, num_probes, space,
+                        target):
   from jaxleak.influence import jacobian  # pylint: disable=g-import-not-at-top
-  loss = _loss_fn(apply_fn, params, label)
-  return jacobian.frobenius_norm_sq_hutchinson(
-      loss, objectives.trainable(params), x, key, num_probes, space=space)
+  theta = objectives.trainable(params)
+  if target == "loss":
+    loss = _loss_fn(apply_fn, params, label)
+    return jacobian.frobenius_norm_sq_hutchinson(loss, theta, x, key,
+                                                 num_probes, space=space)
+  # Logits: a Rademacher u over the outputs per probe. E_u ‖∂x∂θ⟨u, F⟩‖_F²
+  # = Σ_c ‖∂x∂θ F_c‖_F² (cross terms vanish as E[u_c u_c'] = δ_cc'), and
+  # one inner probe per u keeps the whole estimate unbiased.
+  out_shape = jax.eval_shape(apply_fn, params, x).shape
+
+  def probe(k):
+    ku, kv = jax.random.split(k)
+    u = jax.random.rademacher(ku, out_shape, jnp.float32)
+    return jacobian.frobenius_norm_sq_hutchinson(
+        _projected_logits_fn(apply_fn, params, u), theta, x, kv, 1,
+        space=space)
+
+  return jnp.mean(jax.lax.map(probe, jax.random.split(key, num_probes)))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _grad_rms(apply_fn, params, x, label):
+  grad = jax.grad(_loss_fn(apply_fn, params, label))(
+      objectives.trainable(params), x)
+  leaves = jax.tree.leaves(grad)
+  total = sum(jnp.sum(jnp.square(leaf)) for leaf in leaves)
+  return jnp.sqrt(total / sum(leaf.size for leaf in leaves))
 
 
 def reconstruction_vulnerability(apply_fn: Callable[..., jax.Array],
                                  params: Any, images: Any, labels: Any, *,
                                  key: Any, num_probes: int = 32,
-                                 space: str = "params") -> RVResult:
+                                 space: str = "params",
+                                 target: str = "loss") -> RVResult:
   """RV = max over candidate inputs of ``‖∂/∂x ∂/∂θ L(f_θ(x), y)‖_F``.
+
+  Also returns the noise-relative RV per candidate, ``‖J(x)‖_F / RMS(∇_θ
+  L(x))``, the quantity that sets the linearised error floor when the
+  gradient noise is a multiple of the gradient's RMS.
 
   Args:
     apply_fn: ``logits = apply_fn(params, x)`` (e.g. a `jaxleak.models`
@@ -106,6 +167,8 @@ def reconstruction_vulnerability(apply_fn: Callable[..., jax.Array],
       norm ≈ sqrt(2 / num_probes) at worst for Rademacher probes).
     space: "params" (probes v in θ-space, products ``J v = ∇_x⟨∇_θL, v⟩``,
       the spec's form) or "input" (products ``J^T u``); same expectation.
+    target: "loss" (J of ``∇_θ L``, the shared gradient) or "logits" (J of
+      the network output F, summed over classes: the spec's ``∇_x∇_W F``).
 
   Returns:
     An `RVResult`.
@@ -117,47 +180,66 @@ def reconstruction_vulnerability(apply_fn: Callable[..., jax.Array],
   labels = np.asarray(labels)
   validate.check_shape(labels, "labels", (images.shape[0],), fn=fn)
   validate.check_choice(space, "space", ("params", "input"), fn=fn)
+  validate.check_choice(target, "target", ("loss", "logits"), fn=fn)
   if (not isinstance(num_probes, (int, np.integer)) or num_probes < 1
       or isinstance(num_probes, bool)):
     raise ValueError(f"{fn}: argument 'num_probes' must be a positive int, "
                      f"got {num_probes!r}")
-  out = []
+  out, rms = [], []
   for i in range(images.shape[0]):
-    sq = _frob_sq_hutchinson(apply_fn, params, images[i:i + 1],
-                             jnp.asarray(labels[i:i + 1], jnp.int32),
+    label = jnp.asarray(labels[i:i + 1], jnp.int32)
+    sq = _frob_sq_hutchinson(apply_fn, params, images[i:i + 1], label,
                              jax.random.fold_in(key, i), int(num_probes),
-                             space)
+                             space, target)
     out.append(float(jnp.sqrt(jnp.maximum(sq, 0.0))))
+    rms.append(float(_grad_rms(apply_fn, params, images[i:i + 1], label)))
   per = np.asarray(out, np.float64)
+  rms = np.asarray(rms, np.float64)
+  # A zero gradient (a perfectly fitted input) carries no signal to scale
+  # noise by: its relative RV is undefined, reported as NaN, not inf.
+  with np.errstate(divide="ignore", invalid="ignore"):
+    relative = np.where(rms > 0, per / rms, np.nan)
   theta = objectives.trainable(params)
   return RVResult(rv=float(per.max()), per_input=per,
                   argmax=int(per.argmax()), num_probes=int(num_probes),
                   num_params=objectives.tree_size(theta),
-                  input_size=int(np.prod(images.shape[1:])))
+                  input_size=int(np.prod(images.shape[1:])),
+                  grad_rms=rms, relative=relative,
+                  rv_relative=float(np.nanmax(relative))
+                  if np.isfinite(relative).any() else float("nan"),
+                  target=target)
 
 
 def mixed_jacobian_frobenius_exact(apply_fn: Callable[..., jax.Array],
-                                   params: Any, image: Any, label: Any
-                                   ) -> float:
-  """Exact ``‖∂/∂x ∂/∂θ L‖_F`` for one input, by materialising J.
+                                   params: Any, image: Any, label: Any,
+                                   target: str = "loss") -> float:
+  """Exact ``‖∂/∂x ∂/∂θ L‖_F`` (or of F) for one input, by materialising J.
 
-  ``jax.jacfwd`` over the input of the parameter gradient: d_x forward
-  passes and memory d_x × d_θ, so only for tiny models (tests).
+  ``jax.jacfwd`` over the input of the parameter gradient (or of the
+  parameter Jacobian of the logits): d_x forward passes and memory
+  d_x × d_θ (× classes), so only for tiny models (tests).
 
   Args:
     apply_fn: the victim.
     params: its parameters.
     image: ``[1, H, W, C]``.
-    label: ``[1]`` int label.
+    label: ``[1]`` int label (unused for ``target="logits"``).
+    target: "loss" or "logits", as in `reconstruction_vulnerability`.
 
   Returns:
     The Frobenius norm.
   """
+  validate.check_choice(target, "target", ("loss", "logits"),
+                        fn="mixed_jacobian_frobenius_exact")
   image = jnp.asarray(image, jnp.float32)
   label = jnp.asarray(label, jnp.int32)
-  loss = _loss_fn(apply_fn, params, label)
-  jac = jax.jacfwd(lambda x: jax.grad(loss)(objectives.trainable(params), x))(
-      image)
+  theta = objectives.trainable(params)
+  if target == "loss":
+    inner = lambda x: jax.grad(_loss_fn(apply_fn, params, label))(theta, x)
+  else:
+    inner = lambda x: jax.jacrev(lambda th: apply_fn(  # pylint: disable=g-long-lambda
+        objectives.with_trainable(params, th), x))(theta)
+  jac = jax.jacfwd(inner)(image)
   return float(jnp.sqrt(sum(jnp.sum(jnp.square(leaf))
                             for leaf in jax.tree.leaves(jac))))
 

@@ -30,6 +30,38 @@ def test_hutchinson_matches_exact_frobenius_norm(tiny_mlp, space):
   assert res.num_params == 16 * 6 + 6 + 6 * 3 + 3 and res.input_size == 16
 
 
+@pytest.mark.parametrize("space", ["params", "input"])
+def test_logits_target_matches_exact_norm_summed_over_classes(tiny_mlp,
+                                                              space):
+  apply_fn, params, x, y = tiny_mlp
+  exact = [theory.mixed_jacobian_frobenius_exact(
+      apply_fn, params, x[i:i + 1], y[i:i + 1], target="logits")
+           for i in range(3)]
+  # The loss Jacobian is a different matrix: the check must tell them apart.
+  exact_loss = [theory.mixed_jacobian_frobenius_exact(
+      apply_fn, params, x[i:i + 1], y[i:i + 1]) for i in range(3)]
+  assert min(abs(a / b - 1) for a, b in zip(exact, exact_loss)) > 0.2
+  res = theory.reconstruction_vulnerability(
+      apply_fn, params, x, y, key=0, num_probes=3000, space=space,
+      target="logits")
+  np.testing.assert_allclose(res.per_input, exact, rtol=0.03)
+  assert res.target == "logits"
+
+
+def test_relative_rv_divides_by_the_shared_gradient_rms(tiny_mlp):
+  apply_fn, params, x, y = tiny_mlp
+  res = theory.reconstruction_vulnerability(apply_fn, params, x, y, key=0,
+                                            num_probes=8)
+  for i in range(3):
+    grad = jax.grad(lambda p: inversion.victim_loss(  # pylint: disable=cell-var-from-loop
+        apply_fn, p, x[i:i + 1], y[i:i + 1]))(params)
+    assert res.grad_rms[i] == pytest.approx(float(inversion.tree_rms(grad)),
+                                            rel=1e-5)
+  np.testing.assert_allclose(res.relative, res.per_input / res.grad_rms,
+                             rtol=1e-6)
+  assert res.rv_relative == pytest.approx(res.relative.max())
+
+
 def test_rv_grows_with_a_scaled_output_layer(tiny_mlp):
   # Doubling the head's weights doubles every mixed derivative that flows
   # through it: the RV measure must move the same way as the exact norm.
@@ -63,3 +95,6 @@ def test_exported_and_validated(tiny_mlp):
                                         num_probes=0)
   with pytest.raises(ValueError, match="'labels'"):
     theory.reconstruction_vulnerability(apply_fn, params, x, y[:2], key=0)
+  with pytest.raises(ValueError, match="'target'"):
+    theory.reconstruction_vulnerability(apply_fn, params, x, y, key=0,
+                                        target="probabilities")
