@@ -177,8 +177,9 @@ def write_tables(rows, out, cfg, np):
       entry = {"ratio": ratio, "model": m, "seeds": len(sel)}
       for c in cols:
         vals = np.array([float(r[c]) for r in sel], float)
-        entry[c + "_mean"] = float(np.nanmean(vals))
-        entry[c + "_std"] = float(np.nanstd(vals))
+        vals = vals[~np.isnan(vals)]  # e.g. the original model's speedup
+        entry[c + "_mean"] = float(vals.mean()) if vals.size else float("nan")
+        entry[c + "_std"] = float(vals.std()) if vals.size else float("nan")
       summary.append(entry)
   with open(os.path.join(out, "summary.csv"), "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=list(summary[0]))
@@ -197,7 +198,7 @@ def write_tables(rows, out, cfg, np):
     for c in shown:
       mean, std = e[c + "_mean"], e[c + "_std"]
       fmt = ".2f" if c in ("run_time_s", "speedup_vs_retrain") else ".4f"
-      cells.append(f"{mean:{fmt}} ± {std:{fmt}}")
+      cells.append("n/a" if np.isnan(mean) else f"{mean:{fmt}} ± {std:{fmt}}")
     lines.append(f"| {e['ratio']:g} | {e['model']} | {e['seeds']} | "
                  + " | ".join(cells) + " |")
   lines.append("")
@@ -242,6 +243,8 @@ def plot(summary, out, cfg, models_order):
             ("mia_loss_auc", "forget-set MIA AUC (loss)"),
             ("run_time_s", "run time (s)")]
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  # One colour per method in every panel (the run-time panel skips one).
+  colours = {m: f"C{i}" for i, m in enumerate(models_order)}
   for ax, (col, label) in zip(axes, panels):
     for m in models_order:
       es = [e for e in summary if e["model"] == m]
@@ -250,7 +253,7 @@ def plot(summary, out, cfg, models_order):
       x = [e["ratio"] for e in es]
       ax.errorbar(x, [e[col + "_mean"] for e in es],
                   yerr=[e[col + "_std"] for e in es], marker="o", capsize=3,
-                  label=m)
+                  label=m, color=colours[m])
     ax.set_xscale("log")
     ax.set_xlabel("forget ratio")
     ax.set_ylabel(label)
@@ -258,7 +261,8 @@ def plot(summary, out, cfg, models_order):
       ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
   axes[0].legend(fontsize=8)
-  fig.suptitle(f"{cfg.name}: {cfg.model} on {cfg.dataset}")
+  title = f"{cfg.model} on {cfg.dataset}"
+  fig.suptitle(title if cfg.name == cfg.model else f"{cfg.name}: {title}")
   fig.tight_layout()
   fig.savefig(os.path.join(out, "sweep.png"), dpi=100)
   plt.close(fig)
