@@ -69,6 +69,11 @@ def _case(cfg, model):
       model_kwargs=tuple(sorted(dict(spec.get("kwargs", {})).items())))
 
 
+def _model_attacks(cfg, model):
+  """The attacks run on `model`: its own "attacks" list, else all of them."""
+  return list(cfg.models[model].get("attacks", cfg.attacks))
+
+
 def _attack_kwargs(cfg, attack, calib):
   kw = dict(cfg.attacks[attack])
   name = kw.pop("attack", attack)
@@ -89,7 +94,7 @@ def calibrate(cfg, workdir, model, done):
   case = _case(cfg, model)
   batch = inversion.simulate(case, seed=cfg.seed, trial=10_000)
   diff_times = {}
-  for attack in cfg.attacks:
+  for attack in _model_attacks(cfg, model):
     name, kw = _attack_kwargs(cfg, attack, {"ig_steps": 1})
     if not name.startswith("diffusion_"):
       continue
@@ -121,10 +126,11 @@ def rv_record(cfg, workdir, model, trial, done):
   import jax  # pylint: disable=g-import-not-at-top
   from jaxleak.attacks import inversion  # pylint: disable=g-import-not-at-top
   from jaxleak.attacks.inversion import cases as cases_lib  # pylint: disable=g-import-not-at-top
-  # Records from before the logits and noise-relative RV lack "rv_logits":
-  # they are recomputed and the report uses the newest record per trial.
+  from jaxleak.attacks.inversion import theory  # pylint: disable=g-import-not-at-top
+  # Older records lack the logits RV and the posterior floor: they are
+  # recomputed and the report uses the newest record per trial.
   if any(r["kind"] == "rv" and r["model"] == model and r["trial"] == trial
-         and "rv_logits" in r for r in done):
+         and "posterior_rmse" in r for r in done):
     return
   case = _case(cfg, model)
   batch = inversion.simulate(case, seed=cfg.seed, trial=trial)
@@ -146,6 +152,15 @@ def rv_record(cfg, workdir, model, trial, done):
       key=jax.random.key(cfg.seed + trial), num_probes=cfg.rv.num_probes,
       target="logits")
   grad_rms = float(inversion.tree_rms(obs.gradient))
+  # The whole spectrum of J J^T at the private input, and the linear-Gaussian
+  # error floor at each noise level under a prior with the data's per-pixel
+  # variance (theory.linearized_posterior_rmse).
+  lam = theory.input_gram_eigenvalues(obs.apply_fn, obs.params,
+                                      batch.ground_truth.images,
+                                      batch.ground_truth.labels)
+  prior_var = float(np.mean(np.var(np.asarray(ds.images, np.float64), 0)))
+  floors = theory.linearized_posterior_rmse(
+      lam, np.asarray(cfg.noise_levels) * grad_rms, prior_var)
   rec = {"kind": "rv", "model": model, "trial": trial, "rv": res.rv,
          "j_private": float(res.per_input[0]),
          "per_input": res.per_input.tolist(), "num_params": res.num_params,
@@ -154,9 +169,15 @@ def rv_record(cfg, workdir, model, trial, done):
          "relative": res.relative.tolist(), "rv_relative": res.rv_relative,
          "j_private_relative": float(res.relative[0]),
          "rv_logits": res_f.rv, "j_private_logits": float(res_f.per_input[0]),
+         "prior_variance": prior_var,
+         "posterior_rmse": {f"{n:g}": float(f)
+                            for n, f in zip(cfg.noise_levels, floors)},
+         "gram_eigenvalue_quantiles": np.quantile(
+             lam, [0.0, 0.01, 0.1, 0.5, 0.9, 1.0]).tolist(),
          "num_probes": res.num_probes, "time_s": time.perf_counter() - t0}
   _log(f"rv {model} trial {trial}: RV {res.rv:.4g} (logits {res_f.rv:.4g}),"
-       f" |J(x*)| {res.per_input[0]:.4g}, relative {res.relative[0]:.4g}")
+       f" |J(x*)| {res.per_input[0]:.4g}, relative {res.relative[0]:.4g}, "
+       f"floor RMSE @ {cfg.noise_levels[-1]:g}: {floors[-1]:.4g}")
   _append(workdir, rec)
 
 
@@ -175,7 +196,7 @@ def run_all(cfg, workdir):
     for model in cfg.models:
       rv_record(cfg, workdir, model, trial, done)
       case = _case(cfg, model)
-      for attack in cfg.attacks:
+      for attack in _model_attacks(cfg, model):
         name, kw = _attack_kwargs(cfg, attack, calib[model])
         for noise in cfg.noise_levels:
           if (model, attack, noise, trial) in runs_done:
@@ -265,7 +286,7 @@ def summarise(cfg, workdir):
                              squeeze=False)
     xs = [max(n, 1e-4) for n in cfg.noise_levels]
     for j, model in enumerate(models):
-      for attack in cfg.attacks:
+      for attack in _model_attacks(cfg, model):
         for i, key in enumerate(("psnr", "ssim")):
           m, s = [], []
           for noise in cfg.noise_levels:
@@ -325,7 +346,8 @@ def summarise(cfg, workdir):
         best = max((_mean_std([r["psnr"] for r in runs if r["model"] == model
                                and r["attack"] == at
                                and r["noise"] == noise])[0]
-                    for at in cfg.attacks), default=float("nan"))
+                    for at in _model_attacks(cfg, model)),
+                   default=float("nan"))
         psnr_by[noise] = best
       rv_m, rv_s = _mean_std([r["rv"] for r in mr])
       floor = [float(theory.linearized_error_bound(
@@ -346,8 +368,16 @@ def summarise(cfg, workdir):
                 f"{np.mean(rel):.4g} [{np.min(rel):.4g}, {np.max(rel):.4g}]",
             "noise-relative RV (max over candidates), mean / median":
                 f"{np.mean(rel_max):.4g} / {np.median(rel_max):.4g}"})
+      if all("posterior_rmse" in r for r in mr):
+        # Linear-Gaussian MMSE from the whole spectrum of J J^T, as a PSNR
+        # (images in [0, 1]) to set beside the measured best PSNR.
+        for n in cfg.noise_levels:
+          if n > 0:
+            fl = [r["posterior_rmse"][f"{n:g}"] for r in mr]
+            row[f"floor PSNR @ {n:g}"] = f"{np.mean(-20 * np.log10(fl)):.2f}"
       row.update({"grad RMS": f"{np.mean(list(grad_rms.values())):.3g}",
-                  "RMSE floor @ 0.1": f"{np.mean(floor):.3g}"})
+                  "RMSE floor (Frobenius shape) @ 0.1":
+                      f"{np.mean(floor):.3g}"})
       rv_rows.append({**row,
                       "trials": len(mr),
                       "PSNR, all runs": f"{psnr_all:.2f}",
@@ -364,12 +394,13 @@ def summarise(cfg, workdir):
     cells, labels = [], []
     for trial in range(min(cfg.trials, 4)):
       f0 = os.path.join(workdir, "arrays",
-                        f"{model}__{list(cfg.attacks)[0]}__0__{trial}.npz")
+                        f"{model}__{_model_attacks(cfg, model)[0]}__0__"
+                        f"{trial}.npz")
       if not os.path.exists(f0):
         continue
       cells.append(np.load(f0)["truth"][0])
       labels.append(f"truth {trial}")
-      for attack in cfg.attacks:
+      for attack in _model_attacks(cfg, model):
         for noise in cfg.noise_levels:
           f = os.path.join(workdir, "arrays",
                            f"{model}__{attack}__{noise:g}__{trial}.npz")
@@ -379,23 +410,25 @@ def summarise(cfg, workdir):
             cells.append(np.zeros_like(cells[-1]))
           labels.append(f"{attack.replace('diffusion_', '')[:6]} {noise:g}")
     if cells:
-      ncol = 1 + len(cfg.attacks) * len(cfg.noise_levels)
+      ncol = 1 + len(_model_attacks(cfg, model)) * len(cfg.noise_levels)
       path = metrics_lib.save_image_grid(
           np.stack(cells), os.path.join(workdir, f"grid_{model}.png"),
           nrow=ncol, titles=labels, cell_size=1.1)
       figures[f"{model}: truth, then each attack at each noise level "
               "(per row one trial)"] = path
-  # x0_hat trajectory of one DSG run.
+  # x0_hat trajectory of one run per diffusion attack: trial 0, no noise, on
+  # the first victim (in name order) that ran the attack.
   for attack in cfg.attacks:
-    f = os.path.join(workdir, "arrays",
-                     f"{models[0]}__{attack}__0__0.npz") if models else ""
-    if f and os.path.exists(f) and "trajectory" in np.load(f):
-      traj = np.load(f)["trajectory"][:, 0]
-      pick = np.unique(np.linspace(0, len(traj) - 1, 10).astype(int))
-      path = metrics_lib.save_image_grid(
-          traj[pick], os.path.join(workdir, f"trajectory_{attack}.png"),
-          nrow=len(pick), titles=[f"step {i}" for i in pick])
-      figures[f"x0_hat trajectory, {attack}, {models[0]}, no noise"] = path
+    for model in models:
+      f = os.path.join(workdir, "arrays", f"{model}__{attack}__0__0.npz")
+      if os.path.exists(f) and "trajectory" in np.load(f):
+        traj = np.load(f)["trajectory"][:, 0]
+        pick = np.unique(np.linspace(0, len(traj) - 1, 10).astype(int))
+        path = metrics_lib.save_image_grid(
+            traj[pick], os.path.join(workdir, f"trajectory_{attack}.png"),
+            nrow=len(pick), titles=[f"step {i}" for i in pick])
+        figures[f"x0_hat trajectory, {attack}, {model}, no noise"] = path
+        break
   tables = {"PSNR / SSIM (mean ± std over trials)": rows}
   if rv_rows:
     tables["Reconstruction vulnerability vs measured PSNR"] = rv_rows

@@ -4,7 +4,9 @@ mnist_subset test images resized to 32x32 (the shipped MNIST prior's size,
 so the victim sees the prior's resolution and nothing is resized inside A;
 the prior was trained on the train split, so private images are unseen),
 batch 1, labels known, untrained victims re-initialised per trial: the
-sigmoid LeNet of DLG (U(-0.5, 0.5) weights) and the sigmoid MLP (512, 512).
+sigmoid LeNet of DLG (U(-0.5, 0.5) weights) and the sigmoid MLP (512, 512),
+plus the tanh `cnn_mnist` (DSG and Inverting Gradients only) so that the
+RV ordering is checked on three victims.
 Gaussian gradient noise with std in {0, 1e-3, 1e-2, 1e-1} x the clean
 gradient's RMS. Inverting Gradients gets the same steady-state wall-clock
 budget per reconstruction as the slower diffusion attack (calibration).
@@ -51,6 +53,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.models = {
       "lenet": {"model": "lenet", "init": "default"},
       "mlp": {"model": "mlp", "kwargs": {}},
+      # A third victim so that the RV ordering is tested on more than a
+      # pair: the library's default CNN (tanh). Only DSG and Inverting
+      # Gradients run on it (the two attacks the PSNR ordering rests on).
+      "cnn_mnist": {"model": "cnn_mnist",
+                    "attacks": ["diffusion_dsg", "inverting_gradients"]},
   }
   c.noise_levels = [0.0, 1e-3, 1e-2, 1e-1]
   c.steps = 50

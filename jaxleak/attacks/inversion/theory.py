@@ -26,6 +26,17 @@ our experiments (std = c · RMS(∇_θ L)): then the linearised floor below is
 ``c k / (√d_x · ‖J(x)‖_F / RMS(∇_θ L(x)))``, so `RVResult` also carries the
 noise-relative RV ``‖J(x)‖_F / RMS(∇_θ L(x))`` per candidate.
 
+The Frobenius norm is the sum of the eigenvalues of ``J J^T``, so it is
+set by the best-observed input directions; the error floor is set by the
+worst-observed ones. `linearized_posterior_rmse` keeps the whole spectrum:
+with a Gaussian prior of variance v per pixel on x and the linearised
+observation ``g̃ = A(x*) + J^T (x - x*) + n``, ``n ~ N(0, s² I)``, the
+posterior covariance is ``(J J^T / s² + I / v)^{-1}``, and the minimum
+expected per-pixel squared error of any estimator (the Bayesian MMSE of
+this linear-Gaussian model) is ``mean_i 1 / (λ_i / s² + 1 / v)`` over the
+eigenvalues λ_i of ``J J^T``. It needs d_x Gram products, so it is for
+inputs of up to a few thousand values.
+
 `linearized_error_bound` gives the shape of a noise-driven error floor:
 linearising ``A`` at the private x*, any unbiased reconstruction from
 ``g̃ = A(x*) + n``, ``n ~ N(0, s² I)``, has ``E ‖x̂ - x*‖² ≥
@@ -55,6 +66,8 @@ __all__ = (
     "reconstruction_vulnerability",
     "mixed_jacobian_frobenius_exact",
     "linearized_error_bound",
+    "input_gram_eigenvalues",
+    "linearized_posterior_rmse",
 )
 
 
@@ -265,3 +278,96 @@ def linearized_error_bound(noise_std: Any, rv: float, input_size: int,
   validate.check_positive(rv, "rv", fn="linearized_error_bound")
   k = min(int(input_size), int(num_params))
   return np.asarray(noise_std, np.float64) * k / (np.sqrt(input_size) * rv)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _gram_columns(apply_fn, params, x, label, basis):
+  from jaxleak.influence import jacobian  # pylint: disable=g-import-not-at-top
+  loss = _loss_fn(apply_fn, params, label)
+  theta = objectives.trainable(params)
+
+  def column(b):
+    return jacobian.gram_vp(loss, theta, x, b.reshape(x.shape)).reshape(-1)
+
+  return jax.vmap(column)(basis)
+
+
+def input_gram_eigenvalues(apply_fn: Callable[..., jax.Array], params: Any,
+                           image: Any, label: Any, *,
+                           chunk_size: int = 128,
+                           max_input_size: int = 16384) -> np.ndarray:
+  """Eigenvalues of ``J J^T`` (d_x × d_x) at one input, ascending.
+
+  J is the mixed Jacobian of the loss (module docstring). The Gram matrix is
+  built column by column from matrix-free products ``J (J^T e_i)``,
+  `chunk_size` columns per compiled call, then symmetrised and
+  diagonalised in float64. Cost: d_x forward-over-reverse pairs.
+
+  Args:
+    apply_fn: the victim.
+    params: its parameters.
+    image: ``[1, H, W, C]``.
+    label: ``[1]`` int label.
+    chunk_size: Gram columns per call (memory: chunk_size × d_θ floats).
+    max_input_size: refuse larger inputs (d_x² memory, d_x products).
+
+  Returns:
+    ``[d_x]`` float64 eigenvalues, clipped at 0.
+  """
+  fn = "input_gram_eigenvalues"
+  image = jnp.asarray(image, jnp.float32)
+  validate.check_images(image, "image", fn=fn)
+  validate.check_shape(image, "image", (1, None, None, None), fn=fn)
+  label = jnp.asarray(label, jnp.int32).reshape(1)
+  validate.check_positive(chunk_size, "chunk_size", fn=fn)
+  d = int(np.prod(image.shape))
+  if d > max_input_size:
+    raise ValueError(f"{fn}: argument 'image' has {d} values; the exact Gram "
+                     f"matrix needs {d} products and {d}x{d} memory (limit "
+                     f"'max_input_size' = {max_input_size})")
+  eye = np.eye(d, dtype=np.float32)
+  cols = []
+  for start in range(0, d, int(chunk_size)):
+    block = eye[start:start + int(chunk_size)]
+    if block.shape[0] < chunk_size:  # one compiled shape for every chunk
+      block = np.pad(block, ((0, int(chunk_size) - block.shape[0]), (0, 0)))
+    out = np.asarray(_gram_columns(apply_fn, params, image, label,
+                                   jnp.asarray(block)), np.float64)
+    cols.append(out[:min(int(chunk_size), d - start)])
+  gram = np.concatenate(cols)
+  gram = 0.5 * (gram + gram.T)
+  return np.clip(np.linalg.eigvalsh(gram), 0.0, None)
+
+
+def linearized_posterior_rmse(eigenvalues: Any, noise_std: Any,
+                              prior_variance: float) -> np.ndarray:
+  """Per-pixel RMSE floor ``sqrt(mean_i 1 / (λ_i / s² + 1 / v))``.
+
+  The minimum expected error of any estimator of x from the linearised
+  noisy gradient under a N(x_0, v I) prior (module docstring). It falls to
+  0 as the noise std s → 0 (if J J^T has full rank) and rises to ``√v``
+  (the prior alone) as s → ∞.
+
+  Args:
+    eigenvalues: eigenvalues of ``J J^T`` (`input_gram_eigenvalues`).
+    noise_std: absolute std(s) s of the Gaussian gradient noise.
+    prior_variance: v, the prior variance per pixel (e.g. the data's pixel
+      variance).
+
+  Returns:
+    The floor, shaped like `noise_std`.
+  """
+  fn = "linearized_posterior_rmse"
+  validate.check_positive(prior_variance, "prior_variance", fn=fn)
+  lam = np.asarray(eigenvalues, np.float64).reshape(-1)
+  if lam.size == 0 or np.any(lam < 0) or not np.all(np.isfinite(lam)):
+    raise ValueError(f"{fn}: argument 'eigenvalues' must be non-empty, "
+                     "finite and non-negative")
+  s = np.asarray(noise_std, np.float64)
+  if np.any(s < 0) or not np.all(np.isfinite(s)):
+    raise ValueError(f"{fn}: argument 'noise_std' must be finite and >= 0")
+  s2 = s.reshape(-1, 1) ** 2
+  with np.errstate(divide="ignore"):
+    precision = np.where(s2 > 0, lam / np.where(s2 > 0, s2, 1.0), np.inf)
+  mse = np.mean(1.0 / (precision + 1.0 / prior_variance), axis=1)
+  return np.sqrt(mse).reshape(s.shape)

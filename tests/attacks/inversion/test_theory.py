@@ -98,3 +98,52 @@ def test_exported_and_validated(tiny_mlp):
   with pytest.raises(ValueError, match="'target'"):
     theory.reconstruction_vulnerability(apply_fn, params, x, y, key=0,
                                         target="probabilities")
+
+
+def _explicit_gram(apply_fn, params, image, label):
+  jac = jax.jacfwd(lambda x: jax.grad(lambda p: inversion.victim_loss(
+      apply_fn, p, x, label))(params))(image)
+  rows = np.concatenate([np.asarray(leaf).reshape(-1, image.size)
+                         for leaf in jax.tree.leaves(jac)])  # [d_θ, d_x]
+  return rows.T.astype(np.float64) @ rows.astype(np.float64)
+
+
+def test_input_gram_eigenvalues_match_an_explicit_jacobian(tiny_mlp):
+  apply_fn, params, x, y = tiny_mlp
+  gram = _explicit_gram(apply_fn, params, x[:1], y[:1])
+  # chunk_size 5 does not divide d_x = 16: the padded last chunk is used.
+  lam = theory.input_gram_eigenvalues(apply_fn, params, x[:1], y[:1],
+                                      chunk_size=5)
+  np.testing.assert_allclose(lam, np.linalg.eigvalsh(gram), rtol=1e-4,
+                             atol=1e-6 * lam.max())
+  assert lam.shape == (16,) and np.all(np.diff(lam) >= 0)
+
+
+def test_posterior_rmse_is_the_linear_gaussian_mmse(tiny_mlp):
+  apply_fn, params, x, y = tiny_mlp
+  gram = _explicit_gram(apply_fn, params, x[:1], y[:1])
+  lam = np.linalg.eigvalsh(gram)
+  v, s = 0.1, np.array([1e-3, 1e-2, 1e-1])
+  got = theory.linearized_posterior_rmse(lam, s, v)
+  for si, g in zip(s, got):
+    cov = np.linalg.inv(gram / si**2 + np.eye(16) / v)
+    assert g == pytest.approx(np.sqrt(np.trace(cov) / 16), rel=1e-6)
+  assert np.all(np.diff(got) > 0)  # more noise, larger floor
+  limits = theory.linearized_posterior_rmse(np.maximum(lam, 1e-9),
+                                            [0.0, 1e6], v)
+  np.testing.assert_allclose(limits, [0.0, np.sqrt(v)], atol=1e-9)
+
+
+def test_posterior_rmse_and_gram_reject_bad_input(tiny_mlp):
+  apply_fn, params, x, y = tiny_mlp
+  with pytest.raises(ValueError, match="'prior_variance'"):
+    theory.linearized_posterior_rmse([1.0], 0.1, 0.0)
+  with pytest.raises(ValueError, match="'eigenvalues'"):
+    theory.linearized_posterior_rmse([1.0, -2.0], 0.1, 0.1)
+  with pytest.raises(ValueError, match="'noise_std'"):
+    theory.linearized_posterior_rmse([1.0], -0.1, 0.1)
+  with pytest.raises(ValueError, match="'image'"):
+    theory.input_gram_eigenvalues(apply_fn, params, x, y)  # batch of 3
+  with pytest.raises(ValueError, match="'max_input_size'"):
+    theory.input_gram_eigenvalues(apply_fn, params, x[:1], y[:1],
+                                  max_input_size=8)
