@@ -15,6 +15,13 @@ thing. Steady-state speed excludes compilation (jaxleak) and warm-up steps
 (both); compile time is reported separately. jaxleak is timed with XLA's
 convolutions and with kernel derivatives as matrix products
 (``matmul_conv``, the library default).
+
+To say how far from the hardware each loop runs, it also prints a roofline:
+the FLOPs of one step (XLA's cost analysis of the objective's gradient, the
+same arithmetic in both libraries), the GFLOP/s each loop reaches, and the
+machine's peak float32 matrix-product rate (2048² matmuls in jax and torch,
+timed in the same run). A speed ratio that needs more than that peak cannot
+be reached without doing less arithmetic.
 """
 
 from __future__ import annotations
@@ -83,6 +90,41 @@ def jax_objective(obs, x: np.ndarray) -> float:
   consts = {"params": obs.params, "target": obs.gradient,
             "labels": obs.labels, "hp": hp}
   return float(jax.jit(problem.objective)(jnp.asarray(x), consts))
+
+
+def step_gflop(obs) -> float:
+  """GFLOP of one Inverting Gradients step (XLA cost analysis, default)."""
+  problem, hp = attacks_lib.make_problem(
+      obs, tv=TV, lr=LR, distance="cosine", optimizer_name="adam", steps=10,
+      schedule="step", signed=True, boxed=True, matmul_conv=True)
+  consts = {"params": obs.params, "target": obs.gradient,
+            "labels": obs.labels, "hp": hp}
+  x = jnp.zeros(obs.batch_shape, jnp.float32)
+  cost = jax.jit(jax.grad(problem.objective)).lower(x, consts).compile()
+  cost = cost.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost["flops"]) / 1e9
+
+
+def peak_matmul_gflops(torch, n: int = 2048, repeats: int = 10
+                       ) -> dict[str, float]:
+  """float32 ``[n, n] @ [n, n]`` GFLOP/s in jax and (if given) torch."""
+  out = {}
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  t0 = time.perf_counter()
+  for _ in range(repeats):
+    f(a).block_until_ready()
+  out["jax"] = 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
+  if torch is not None:
+    b = torch.ones(n, n)
+    b @ b  # pylint: disable=pointless-statement
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+      b @ b  # pylint: disable=pointless-statement
+    out["torch"] = 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
+  return out
 
 
 # ----------------------------------------------------------------------------
@@ -206,7 +248,11 @@ def main(argv=None) -> int:
   if torch is not None and args.threads:
     torch.set_num_threads(args.threads)
 
-  rows = []
+  peak = peak_matmul_gflops(torch)
+  peak_best = max(peak.values())
+  print("peak float32 matmul GFLOP/s (2048^2): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in peak.items()), flush=True)
+  rows, roofline = [], []
   for b in args.batch_sizes:
     apply_fn, params, images, labels, obs = _setup(b, args.resolution,
                                                    args.width)
@@ -242,6 +288,18 @@ def main(argv=None) -> int:
     rows.append(row)
     print({k: round(v, 4) if isinstance(v, float) else v
            for k, v in row.items()}, flush=True)
+    gflop = step_gflop(obs)
+    roof = {"batch": b, "GFLOP per step": gflop,
+            "jaxleak GFLOP/s": gflop * row["jaxleak_default_it_s"],
+            "peak matmul GFLOP/s": peak_best,
+            "it/s at peak": peak_best / gflop}
+    if torch is not None:
+      roof["torch GFLOP/s"] = gflop * row["torch_eager_it_s"]
+      roof["2x torch needs, % of peak"] = (
+          100 * 2 * row["torch_eager_it_s"] * gflop / peak_best)
+    roofline.append(roof)
+    row["step_gflop"] = gflop
+    row["peak_matmul_gflop_s"] = peak_best
 
   print("\n## Inverting Gradients it/s (convnet, "
         f"{args.resolution}x{args.resolution}, {os.cpu_count()} CPU cores, "
@@ -253,6 +311,9 @@ def main(argv=None) -> int:
   compile_cols = ["batch"] + [k for k in rows[0] if k.endswith("chunk_s")]
   print("\nFirst chunk (compilation + warm-up steps), seconds:\n")
   print(report.markdown_table(rows, compile_cols))
+  print("\nRoofline (one step's FLOPs from XLA's cost analysis; torch is "
+        "credited the same FLOPs for the same objective):\n")
+  print(report.markdown_table(roofline))
   if args.json:
     report.write_json(args.json, {"rows": rows})
   return 0
