@@ -94,7 +94,9 @@ def test_zero_guidance_reproduces_unconditional_sampling(prior, victim, method,
       plain, _consts(prior, obs, hp), key, timesteps=ts)
   np.testing.assert_allclose(np.asarray(x0), np.asarray(x_plain), rtol=0,
                              atol=1e-5)
-  np.testing.assert_allclose(np.asarray(ds), np.asarray(ds_plain), rtol=1e-5)
+  # A distance sums ~1e4 squared differences whose order XLA may change
+  # between the two programs: 1e-5 relative was seen on a fresh install.
+  np.testing.assert_allclose(np.asarray(ds), np.asarray(ds_plain), rtol=1e-4)
 
 
 def test_guidance_lowers_gradient_distance(prior, victim):
