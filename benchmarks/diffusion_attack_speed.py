@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -56,11 +57,12 @@ def _victim(name: str, res: int, channels: int, seed: int = 0):
   return obs, x
 
 
-def _prior_at(prior: diffusion.Prior, res: int, seed: int = 0):
-  """`prior` itself at its own resolution, else its architecture at `res`."""
-  if res == prior.resolution:
+def _prior_at(prior: diffusion.Prior, spec: diffusion.UNetSpec,
+              seed: int = 0):
+  """`prior` itself if `spec` is its own, else `spec` with fresh weights."""
+  if spec == prior.spec:
     return prior, "trained"
-  spec = dataclasses.replace(prior.spec, resolution=res)
+  res = spec.resolution
   params = diffusion.init_unet(spec, jax.random.key(seed))
   return (diffusion.Prior(name=f"{prior.name}@{res}px", spec=spec,
                           params=params, schedule=prior.schedule,
@@ -72,6 +74,18 @@ def _time(fn):
   t0 = time.perf_counter()
   out = fn()
   return time.perf_counter() - t0, out
+
+
+def _timed_row(call, steps: int, full_steps: int, **fields):
+  """Times `call(key=...)` twice (compile + run, then steady) as a row."""
+  first, _ = _time(lambda: call(key=0))
+  steady, _ = _time(lambda: call(key=1))
+  per_step = steady / steps
+  row = {**fields, "steps": steps, "first_call_s": first, "steady_s": steady,
+         "s_per_step": per_step,
+         f"s_per_reconstruction_{full_steps}_steps": full_steps * per_step}
+  print(json.dumps(row), flush=True)
+  return row
 
 
 def main(argv=None) -> int:
@@ -91,48 +105,31 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
 
   base = diffusion.load_prior(args.prior)
-  resolutions = args.resolutions or [base.resolution]
-  factor = 2 ** (len(base.spec.block_out_channels) - 1)
-  for r in resolutions:
-    if not 16 <= r <= 512 or r % factor:
-      p.error(f"argument --resolutions: {r} must be in [16, 512] and "
-              f"divisible by {factor} (the prior's UNet downsamples "
-              f"{factor}x)")
+  specs = []
+  for res in args.resolutions or [base.resolution]:
+    try:  # UNetSpec checks the size against the architecture
+      specs.append(dataclasses.replace(base.spec, resolution=res))
+    except ValueError as e:
+      p.error(f"argument --resolutions: {e}")
   rows = []
-  for res in resolutions:
-    prior, weights = _prior_at(base, res)
-    ch = prior.channels
+  for spec in specs:
+    prior, weights = _prior_at(base, spec)
+    res = prior.resolution
     for model in args.models:
-      obs, x = _victim(model, res, ch)
-      common = {"model": model, "resolution": res, "prior_weights": weights,
-                "device": str(jax.devices()[0])}
+      obs, x = _victim(model, res, prior.channels)
+      common = {"model": model, "resolution": res, "prior_weights": weights}
       runs = [("diffusion_dps", loop, {"zeta": 1.0}) for loop in args.loops]
       runs += [("diffusion_dsg", loop, {}) for loop in args.loops]
       for attack, loop, kw in runs:
-        def call(k, attack=attack, loop=loop, kw=kw):
-          return inversion.run_attack(attack, obs, key=k, prior=prior,
-                                      steps=args.steps, loop=loop,
-                                      ground_truth=x, **kw)
-        first, _ = _time(lambda: call(0))
-        steady, _ = _time(lambda: call(1))
-        per_step = steady / args.steps
-        rows.append({**common, "attack": attack, "loop": loop,
-                     "steps": args.steps, "first_call_s": first,
-                     "steady_s": steady, "s_per_step": per_step,
-                     "s_per_reconstruction_100_steps": 100 * per_step})
-        print(json.dumps(rows[-1]), flush=True)
-      def call_ig(k):
-        return inversion.run_attack("inverting_gradients", obs, key=k,
-                                    steps=args.ig_steps, ground_truth=x)
-      first, _ = _time(lambda: call_ig(0))
-      steady, _ = _time(lambda: call_ig(1))
-      per_step = steady / args.ig_steps
-      rows.append({**common, "attack": "inverting_gradients",
-                   "loop": "python", "steps": args.ig_steps,
-                   "first_call_s": first, "steady_s": steady,
-                   "s_per_step": per_step,
-                   "s_per_reconstruction_4800_steps": 4800 * per_step})
-      print(json.dumps(rows[-1]), flush=True)
+        call = functools.partial(inversion.run_attack, attack, obs,
+                                 prior=prior, steps=args.steps, loop=loop,
+                                 ground_truth=x, **kw)
+        rows.append(_timed_row(call, args.steps, 100, **common,
+                               attack=attack, loop=loop))
+      call_ig = functools.partial(inversion.run_attack, "inverting_gradients",
+                                  obs, steps=args.ig_steps, ground_truth=x)
+      rows.append(_timed_row(call_ig, args.ig_steps, 4800, **common,
+                             attack="inverting_gradients", loop="python"))
 
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   record = {"device": str(jax.devices()[0]), "cpu_count": os.cpu_count(),
