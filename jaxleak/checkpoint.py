@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 from typing import Any
 import warnings
@@ -42,10 +41,6 @@ __all__ = (
 
 _KEYS_FIELD = "_typed_keys"
 _CHECKSUM_FIELD = "_checksum"
-
-# orbax logs every save/restore at INFO; that drowns the progress bars.
-logging.getLogger("absl").setLevel(logging.WARNING)
-
 
 def _ocp():
   """``orbax.checkpoint``, imported when a `Checkpointer` is made.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 
@@ -38,9 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-  # Quiet TensorFlow-datasets/absl start-up chatter before anything imports them.
+def configure_process() -> None:
+  """Process-wide settings for entry points (the CLI and the launchers).
+
+  The library itself changes no global state at import; a program that runs
+  jaxleak end to end calls this once, before heavy imports:
+
+  * quiet TensorFlow-datasets/absl start-up chatter;
+  * orbax logs every save/restore at INFO through absl's logger, which drowns
+    the progress bars;
+  * never contact the Hugging Face hub (jaxleak only reads local folders and
+    passes ``local_files_only=True``; this also covers any other hub client).
+  """
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+  configure_process()
   parser = build_parser()
   args = parser.parse_args(argv)
   if not getattr(args, "func", None):

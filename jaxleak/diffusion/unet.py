@@ -30,6 +30,7 @@ stays behind this one file.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 import contextlib
 import dataclasses
 import functools
@@ -40,19 +41,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusers import FlaxDDPMScheduler
+from diffusers import FlaxUNet2DConditionModel
+import diffusers.utils.logging
+
 from jaxleak._src import validate
 from jaxleak.diffusion import _fastconv
-
-# Loading must never contact the Hugging Face hub: jaxleak only reads local
-# folders. Set before diffusers (and huggingface_hub) are imported.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from diffusers import FlaxDDPMScheduler  # pylint: disable=g-import-not-at-top
-from diffusers import FlaxUNet2DConditionModel  # pylint: disable=g-import-not-at-top
-import diffusers.utils.logging  # pylint: disable=g-import-not-at-top
-
-# Every Flax module logs a deprecation warning on each call; silence it.
-diffusers.utils.logging.set_verbosity_error()
 
 __all__ = (
     "UNetSpec",
@@ -70,6 +64,7 @@ __all__ = (
     "load_unet_diffusers",
     "spec_from_diffusers_config",
     "FixedFlaxDDPMScheduler",
+    "quiet_diffusers",
 )
 
 MIN_RESOLUTION = 16
@@ -78,6 +73,24 @@ MAX_RESOLUTION = 512
 FLAX_WEIGHTS_NAME = "diffusion_flax_model.msgpack"
 # diffusers hard-codes GroupNorm(num_groups=32) in every block.
 _GROUPS = 32
+
+
+@contextlib.contextmanager
+def quiet_diffusers() -> Iterator[None]:
+  """Silences diffusers' logger inside the block only, then restores it.
+
+  diffusers 0.35-0.39 log "Flax classes are deprecated" from every Flax
+  module's ``setup`` (so on every trace of the UNet) and from every Flax
+  scheduler's constructor. jaxleak wraps its own diffusers calls in this
+  context instead of lowering diffusers' verbosity for the whole process.
+  Hub access is never attempted: loading passes ``local_files_only=True``.
+  """
+  previous = diffusers.utils.logging.get_verbosity()
+  diffusers.utils.logging.set_verbosity_error()
+  try:
+    yield
+  finally:
+    diffusers.utils.logging.set_verbosity(previous)
 
 UNetApply = Callable[[Any, jax.Array, jax.Array, Optional[jax.Array]],
                      jax.Array]
@@ -254,7 +267,8 @@ def init_unet(spec: UNetSpec, key: jax.Array) -> dict[str, Any]:
   module = build_unet(spec)
   k_unet, k_emb = jax.random.split(key)
   # Jitted init is ~2x faster than eager init on CPU.
-  unet_params = jax.jit(module.init_weights)(k_unet)
+  with quiet_diffusers():
+    unet_params = jax.jit(module.init_weights)(k_unet)
   params = {"unet": _unfreeze(unet_params)}
   if spec.conditional:
     params["class_embedding"] = jax.random.normal(
@@ -310,7 +324,8 @@ def make_unet_apply(spec: UNetSpec, fast_conv: bool = True) -> UNetApply:
             "unet apply: argument 'cond' must be None for an unconditional "
             f"UNet, got an array of shape {jnp.shape(cond)}")
       context = jnp.zeros((batch, 1, spec.cross_attention_dim), x_t.dtype)
-    with _fastconv.use_fast_conv() if fast_conv else _nullcontext():
+    with (_fastconv.use_fast_conv() if fast_conv else _nullcontext(),
+          quiet_diffusers()):
       out = module.apply({"params": params["unet"]},
                          jnp.transpose(x_t, (0, 3, 1, 2)), t, context,
                          return_dict=False)[0]
@@ -356,7 +371,8 @@ def save_unet_diffusers(spec: UNetSpec, unet_params: Any, path: str,
                                unet_params)
   else:
     unet_params = jax.tree.map(np.asarray, unet_params)
-  build_unet(spec).save_pretrained(path, params=unet_params)
+  with quiet_diffusers():
+    build_unet(spec).save_pretrained(path, params=unet_params)
 
 
 def load_unet_diffusers(path: str) -> tuple[dict[str, Any], Any]:
@@ -383,8 +399,9 @@ def load_unet_diffusers(path: str) -> tuple[dict[str, Any], Any]:
           f"load_unet_diffusers: folder {path!r} (argument 'path') has no "
           f"{name}; expected a diffusers Flax save_pretrained folder")
   try:
-    module, params = FlaxUNet2DConditionModel.from_pretrained(
-        path, local_files_only=True)
+    with quiet_diffusers():
+      module, params = FlaxUNet2DConditionModel.from_pretrained(
+          path, local_files_only=True)
   except Exception as e:  # diffusers raises OSError/EnvironmentError/ValueError.
     raise ValueError(
         f"load_unet_diffusers: cannot read the diffusers UNet in {path!r} "

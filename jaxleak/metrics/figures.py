@@ -185,7 +185,12 @@ def save_comparison_grid(ground_truth: Any, reconstructions: Any,
 
 def save_curves(curves: Mapping[str, tuple[Any, Any]], path: PathLike, *,
                 xlabel: str, ylabel: str, title: str | None = None,
-                logy: bool = False, figsize: tuple[float, float] = (6.0, 4.0),
+                logy: bool = False, logx: bool = False,
+                xlim: tuple[float, float] | None = None,
+                ylim: tuple[float, float] | None = None,
+                styles: Mapping[str, str] | None = None,
+                legend_loc: str = "best",
+                figsize: tuple[float, float] = (6.0, 4.0),
                 dpi: int = 100) -> str:
   """Line plot of named curves (learning curves, attack losses, ...).
 
@@ -196,6 +201,11 @@ def save_curves(curves: Mapping[str, tuple[Any, Any]], path: PathLike, *,
     ylabel: y-axis label.
     title: optional title.
     logy: logarithmic y axis (non-positive values are masked).
+    logx: logarithmic x axis (non-positive values are masked).
+    xlim: optional x-axis limits.
+    ylim: optional y-axis limits.
+    styles: optional matplotlib format string per curve name (e.g. "k--").
+    legend_loc: matplotlib legend location.
     figsize: figure size in inches.
     dpi: resolution; the PNG is figsize*dpi pixels.
 
@@ -227,16 +237,27 @@ def save_curves(curves: Mapping[str, tuple[Any, Any]], path: PathLike, *,
 
   fig = _new_figure(tuple(figsize), dpi)
   ax = fig.add_subplot(1, 1, 1)
+  styles = styles or {}
   for name, xs, ys in prepared:
-    ax.plot(xs, ys, label=name)
+    fmt = styles.get(name)
+    if fmt is None:
+      ax.plot(xs, ys, label=name)
+    else:
+      ax.plot(xs, ys, fmt, lw=0.8, label=name)
   if logy:
     ax.set_yscale("log", nonpositive="mask")
+  if logx:
+    ax.set_xscale("log", nonpositive="mask")
+  if xlim is not None:
+    ax.set_xlim(*xlim)
+  if ylim is not None:
+    ax.set_ylim(*ylim)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   if title:
     ax.set_title(title)
-  ax.grid(True, alpha=0.3)
+  ax.grid(True, which="both" if (logx or logy) else "major", alpha=0.3)
   if any(name for name, _, _ in prepared):
-    ax.legend(fontsize=8)
+    ax.legend(loc=legend_loc, fontsize=8)
   fig.tight_layout()  # Re-arranges axes only; the canvas size is unchanged.
   return _save(fig, path, dpi)

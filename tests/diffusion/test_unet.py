@@ -119,3 +119,12 @@ def test_model_space_round_trip():
   assert float(x.min()) == -1.0 and float(x.max()) == 1.0
   np.testing.assert_allclose(diffusion.to_image_space(x), img, atol=1e-7)
   assert float(diffusion.to_image_space(jnp.array(3.0))) == 1.0
+
+
+def test_diffusers_deprecation_log_is_silenced_only_inside_jaxleak(tiny, capfd):
+  import diffusers.utils.logging as dlog  # pylint: disable=g-import-not-at-top
+  before = dlog.get_verbosity()
+  x, t, y = _inputs(tiny, b=1)
+  tiny.apply_fn(tiny.params, x, t, y)  # Eager: runs every module's setup.
+  assert "deprecated" not in capfd.readouterr().err
+  assert dlog.get_verbosity() == before

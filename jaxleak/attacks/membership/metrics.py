@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxleak._src import validate
+from jaxleak.metrics import figures
 
 __all__ = ("roc_curve", "auc", "tpr_at_fpr", "best_balanced_accuracy",
            "AttackMetrics", "attack_metrics", "save_roc_png")
@@ -131,35 +132,19 @@ def save_roc_png(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]]
   Returns:
     The path written.
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
   if not curves:
     raise ValueError("save_roc_png: argument 'curves' is empty")
-  fig, ax = plt.subplots(figsize=(5.0, 5.0), dpi=dpi)
   floor = 1e-4
+  lines = {}
   for name, c in curves.items():
     fpr, tpr = (c.fpr, c.tpr) if isinstance(c, AttackMetrics) else c
     fpr, tpr = np.asarray(fpr), np.asarray(tpr)
-    area = auc(fpr, tpr)
     # Log axes cannot show 0; clip to a floor below the smallest FPR shown.
-    ax.plot(np.maximum(fpr, floor), np.maximum(tpr, floor),
-            label=f"{name} (AUC {area:.3f})")
-  ax.plot([floor, 1], [floor, 1], "k--", lw=0.8, label="chance")
-  ax.set_xscale("log")
-  ax.set_yscale("log")
-  ax.set_xlim(floor, 1)
-  ax.set_ylim(floor, 1)
-  ax.set_xlabel("false positive rate")
-  ax.set_ylabel("true positive rate")
-  if title:
-    ax.set_title(title)
-  ax.legend(loc="lower right", fontsize=8)
-  ax.grid(True, which="both", alpha=0.3)
-  fig.tight_layout()
-  path = os.fspath(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path)
-  plt.close(fig)
-  return path
+    lines[f"{name} (AUC {auc(fpr, tpr):.3f})"] = (np.maximum(fpr, floor),
+                                                   np.maximum(tpr, floor))
+  lines["chance"] = ([floor, 1], [floor, 1])
+  return figures.save_curves(
+      lines, path, xlabel="false positive rate", ylabel="true positive rate",
+      title=title, logx=True, logy=True, xlim=(floor, 1), ylim=(floor, 1),
+      styles={"chance": "k--"}, legend_loc="lower right", figsize=(5.0, 5.0),
+      dpi=dpi)
