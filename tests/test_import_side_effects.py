@@ -33,3 +33,4 @@ def test_import_has_no_side_effects_and_configure_process_has_them():
                        text=True, check=False, timeout=300, cwd=_ROOT, env=env)
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.strip().endswith("ok")
+  assert "deprecated" not in out.stderr  # diffusers' Flax deprecation log.

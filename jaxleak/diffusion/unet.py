@@ -41,8 +41,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusers import FlaxDDPMScheduler
-from diffusers import FlaxUNet2DConditionModel
 import diffusers.utils.logging
 
 from jaxleak._src import validate
@@ -81,7 +79,8 @@ def quiet_diffusers() -> Iterator[None]:
 
   diffusers 0.35-0.39 log "Flax classes are deprecated" from every Flax
   module's ``setup`` (so on every trace of the UNet) and from every Flax
-  scheduler's constructor. jaxleak wraps its own diffusers calls in this
+  scheduler's constructor (and from their class bodies on first import).
+  jaxleak wraps its own diffusers calls in this
   context instead of lowering diffusers' verbosity for the whole process.
   Hub access is never attempted: loading passes ``local_files_only=True``.
   """
@@ -91,6 +90,13 @@ def quiet_diffusers() -> Iterator[None]:
     yield
   finally:
     diffusers.utils.logging.set_verbosity(previous)
+
+
+# diffusers' Flax modules log the deprecation once more when their classes
+# are defined, i.e. on first import.
+with quiet_diffusers():
+  from diffusers import FlaxDDPMScheduler
+  from diffusers import FlaxUNet2DConditionModel
 
 UNetApply = Callable[[Any, jax.Array, jax.Array, Optional[jax.Array]],
                      jax.Array]
