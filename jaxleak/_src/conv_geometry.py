@@ -1,6 +1,6 @@
 """Geometry of a plain 2-D ``flax.linen.Conv`` call, for code that re-derives it.
 
-Shared by the matmul convolution of the inversion attacks and the layerwise
+Shared by the matmul-kernel convolution (`jaxleak._src.matmul_conv`) and the layerwise
 per-example gradients of `jaxleak.dp`: both rewrite a convolution as taps
 (strided slices of the padded input), which needs explicit padding and
 strides and rules out grouped, dilated, masked or circular convolutions.

@@ -43,8 +43,8 @@ import numpy as np
 
 import diffusers.utils.logging
 
+from jaxleak._src import matmul_conv
 from jaxleak._src import validate
-from jaxleak.diffusion import _fastconv
 
 __all__ = (
     "UNetSpec",
@@ -330,7 +330,8 @@ def make_unet_apply(spec: UNetSpec, fast_conv: bool = True) -> UNetApply:
             "unet apply: argument 'cond' must be None for an unconditional "
             f"UNet, got an array of shape {jnp.shape(cond)}")
       context = jnp.zeros((batch, 1, spec.cross_attention_dim), x_t.dtype)
-    with (_fastconv.use_fast_conv() if fast_conv else _nullcontext(),
+    # Per-tap kernel derivative: no im2col buffer at the UNet's sizes.
+    with (matmul_conv.intercept("per_tap") if fast_conv else _nullcontext(),
           quiet_diffusers()):
       out = module.apply({"params": params["unet"]},
                          jnp.transpose(x_t, (0, 3, 1, 2)), t, context,

@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxleak._src import matmul_conv as matmul_conv_lib
 from jaxleak._src import validate
 from jaxleak.influence import jacobian
 
@@ -103,10 +104,9 @@ def _loss_on_trainable(apply_fn: ApplyFn, params: Any, y: Any,
 
   def loss(p, x):
     if matmul_conv:
-      # The attacks' rewrite of Flax convolutions whose kernel derivative is
+      # The rewrite of Flax convolutions whose kernel derivative is
       # a matrix product: same numbers, faster double-backprop on XLA:CPU.
-      from jaxleak.attacks.inversion import _matmul_conv  # pylint: disable=g-import-not-at-top
-      with _matmul_conv.intercept():
+      with matmul_conv_lib.intercept():
         logits = apply_fn(_with_trainable(params, p), x)
     else:
       logits = apply_fn(_with_trainable(params, p), x)

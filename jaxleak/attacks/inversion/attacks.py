@@ -30,7 +30,7 @@ normalised units, about 4x larger for CIFAR statistics).
 
 Steps are configurable per call (cheap variants for large studies). By
 default the convolutions' kernel derivatives are computed as matrix products
-(``matmul_conv``, see `_matmul_conv`), which makes the second-order steps
+(``matmul_conv``, see `jaxleak._src.matmul_conv`), which makes the second-order steps
 1.7-1.8x faster on XLA:CPU without changing the numbers beyond rounding.
 
 Every attack has the signature
@@ -53,7 +53,7 @@ import numpy as np
 import optax
 
 from jaxleak._src import validate
-from jaxleak.attacks.inversion import _matmul_conv
+from jaxleak._src import matmul_conv as matmul_conv_lib
 from jaxleak.attacks.inversion import labels as labels_lib
 from jaxleak.attacks.inversion import objectives
 from jaxleak.attacks.inversion import optimize
@@ -202,7 +202,7 @@ class MatchingProblem(optimize.Problem):
       x, y = z[0], jax.nn.softmax(z[1], axis=-1)
     else:
       x, y = z, consts["labels"]
-    with (_matmul_conv.intercept() if self.matmul_conv
+    with (matmul_conv_lib.intercept() if self.matmul_conv
           else contextlib.nullcontext()):
       grads, stats = self._gradient_and_stats(params, x, y)
     loss = hp["distance_scale"] * objectives.DISTANCES[self.distance](
@@ -435,7 +435,7 @@ def dlg(observation: threat_model.GradientObservation, *, key: Any,
     init: "randn" (DLG), "rand" or "half".
     restarts: independent restarts, the lowest final loss is kept.
     matmul_conv: compute convolution kernel derivatives as matrix products
-      (`_matmul_conv`: same numbers; 1.7-1.8x faster steps on XLA:CPU for
+      (`jaxleak._src.matmul_conv`: same numbers; 1.7-1.8x faster steps on XLA:CPU for
       the ConvNet at batch 1 and 8).
     loop: "python" or "scan" (see `optimize`).
     log_every: steps between progress callbacks.
@@ -490,7 +490,7 @@ def idlg(observation: threat_model.GradientObservation, *, key: Any,
     restarts: independent restarts.
     label_strategy: "auto", "idlg", "analytic", "yin" or "known".
     matmul_conv: compute convolution kernel derivatives as matrix products
-      (`_matmul_conv`: same numbers; 1.7-1.8x faster steps on XLA:CPU for
+      (`jaxleak._src.matmul_conv`: same numbers; 1.7-1.8x faster steps on XLA:CPU for
       the ConvNet at batch 1 and 8).
     loop: "python" or "scan".
     log_every: steps between progress callbacks.
@@ -562,7 +562,7 @@ def inverting_gradients(
     label_strategy: "auto" (the observation's labels if known, else
       iDLG/yin), "known", "idlg", "analytic" or "yin".
     matmul_conv: compute convolution kernel derivatives as matrix products
-      (`_matmul_conv`: same numbers; 1.7-1.8x faster steps on XLA:CPU for
+      (`jaxleak._src.matmul_conv`: same numbers; 1.7-1.8x faster steps on XLA:CPU for
       the ConvNet at batch 1 and 8).
     loop: "python" or "scan".
     log_every: steps between progress callbacks.
@@ -641,7 +641,7 @@ def grad_inversion(
     label_strategy: "auto" (the observation's labels if known, else
       iDLG/yin), "known", "idlg", "analytic" or "yin".
     matmul_conv: compute convolution kernel derivatives as matrix products
-      (`_matmul_conv`: same numbers; 1.7-1.8x faster steps on XLA:CPU for
+      (`jaxleak._src.matmul_conv`: same numbers; 1.7-1.8x faster steps on XLA:CPU for
       the ConvNet at batch 1 and 8).
     loop: "python" or "scan".
     log_every: steps between progress callbacks.

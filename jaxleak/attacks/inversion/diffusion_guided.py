@@ -78,7 +78,7 @@ import numpy as np
 
 from jaxleak._src import validate
 from jaxleak.attacks.inversion import _compile
-from jaxleak.attacks.inversion import _matmul_conv
+from jaxleak._src import matmul_conv as matmul_conv_lib
 from jaxleak.attacks.inversion import labels as labels_lib
 from jaxleak.attacks.inversion import objectives
 from jaxleak.attacks.inversion import results
@@ -217,7 +217,7 @@ class GuidedSampler:
   def measure(self, victim_params: Any, images: Array, labels: Array,
               target: Any) -> Array:
     """``D(g̃, A(images))``: the guidance loss."""
-    with (_matmul_conv.intercept() if self.matmul_conv
+    with (matmul_conv_lib.intercept() if self.matmul_conv
           else contextlib.nullcontext()):
       grads = objectives.local_update_gradient(
           self.victim_apply, victim_params, images, labels,

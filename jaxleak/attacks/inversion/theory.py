@@ -12,7 +12,7 @@ gradient noise, so reconstruction degrades more slowly with noise. The max
 over all x is replaced by a max over candidate inputs (data samples).
 
 ``‖J‖_F²`` is estimated matrix-free with Hutchinson probes through the
-Jacobian products shared with I²F (`jaxleak.influence.jacobian`): with
+Jacobian products shared with I²F (`jaxleak._src.mixed_jacobian`): with
 Rademacher probes ``v`` in parameter space, ``E ‖J v‖² = ‖J‖_F²`` and
 ``J v = ∇_x ⟨∇_θ L, v⟩`` is one forward-over-reverse product.
 
@@ -57,6 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxleak._src import mixed_jacobian as jacobian
 from jaxleak._src import validate
 from jaxleak.attacks.inversion import objectives
 from jaxleak.attacks.inversion import threat_model
@@ -126,7 +127,6 @@ def _projected_logits_fn(apply_fn: Callable[..., jax.Array], params: Any,
 @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7))
 def _frob_sq_hutchinson(apply_fn, params, x, label, key, num_probes, space,
                         target):
-  from jaxleak.influence import jacobian  # pylint: disable=g-import-not-at-top
   theta = objectives.trainable(params)
   if target == "loss":
     loss = _loss_fn(apply_fn, params, label)
@@ -282,7 +282,6 @@ def linearized_error_bound(noise_std: Any, rv: float, input_size: int,
 
 @functools.partial(jax.jit, static_argnums=0)
 def _gram_columns(apply_fn, params, x, label, basis):
-  from jaxleak.influence import jacobian  # pylint: disable=g-import-not-at-top
   loss = _loss_fn(apply_fn, params, label)
   theta = objectives.trainable(params)
 

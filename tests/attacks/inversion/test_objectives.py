@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxleak._src import matmul_conv
 from jaxleak.attacks import inversion
-from jaxleak.attacks.inversion import _matmul_conv
 from jaxleak.models import cross_entropy_loss
 
 
@@ -108,7 +108,7 @@ def test_matmul_conv_matches_xla_convolutions_to_second_order(get_model):
                                               jnp.float32), params["params"])
 
   def objective(z, matmul):
-    with (_matmul_conv.intercept() if matmul else
+    with (matmul_conv.intercept() if matmul else
           contextlib.nullcontext()):
       g = inversion.victim_gradient(apply_fn, params, z, y)
       logits = apply_fn(params, z)
@@ -131,8 +131,8 @@ def test_matmul_conv_matches_xla_convolutions_to_second_order(get_model):
     ref = jax.lax.conv_general_dilated(x, w, strides, pads,
                                        dimension_numbers=("NHWC", "HWIO",
                                                           "NHWC"))
-    np.testing.assert_allclose(_matmul_conv.conv2d(x, w, strides, pads), ref,
+    np.testing.assert_allclose(matmul_conv.conv2d(x, w, strides, pads), ref,
                                rtol=1e-5, atol=1e-6)
-    p = _matmul_conv.patches(x, (3, 3), strides, pads)
+    p = matmul_conv.patches(x, (3, 3), strides, pads)
     np.testing.assert_allclose(p @ w.reshape(-1, 4), ref, rtol=1e-5,
                                atol=1e-5)
