@@ -77,6 +77,6 @@ def test_intercept_routes_flax_conv_and_changes_no_numbers(kernel_tangent,
   for a, b in zip(jax.tree.leaves(grad(params, x, False)),
                   jax.tree.leaves(grad(params, x, True))):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
-  with pytest.raises(ValueError, match="'kernel_tangent'"):
-    with matmul_conv.intercept("fft"):
-      pass
+  with pytest.raises(ValueError, match="'kernel_tangent'"), \
+      matmul_conv.intercept("fft"):
+    pass

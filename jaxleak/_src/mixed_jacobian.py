@@ -29,7 +29,8 @@ A low-layer module: `jaxleak.influence` (I²F) and
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -7,16 +7,19 @@ maths. This module adds the classifier loss whose Jacobian I²F analyses.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxleak._src.mixed_jacobian import frobenius_norm_sq_hutchinson
-from jaxleak._src.mixed_jacobian import gram_vp
-from jaxleak._src.mixed_jacobian import jacobian_tvp
-from jaxleak._src.mixed_jacobian import jacobian_vp
-from jaxleak._src.mixed_jacobian import LossFn
+from jaxleak._src.mixed_jacobian import (
+  LossFn,
+  frobenius_norm_sq_hutchinson,
+  gram_vp,
+  jacobian_tvp,
+  jacobian_vp,
+)
 from jaxleak.models import cross_entropy_loss
 
 __all__ = (
