@@ -23,21 +23,22 @@ becomes the top-level API.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-from typing import Any
 import warnings
+from typing import Any, Self
 
 import jax
 import numpy as np
 
 __all__ = (
-    "Checkpointer",
-    "CheckpointError",
-    "CorruptCheckpointError",
-    "tree_checksum",
+  "CheckpointError",
+  "Checkpointer",
+  "CorruptCheckpointError",
+  "tree_checksum",
 )
 
 _KEYS_FIELD = "_typed_keys"
@@ -64,6 +65,30 @@ class CheckpointError(RuntimeError):
 
 class CorruptCheckpointError(CheckpointError):
   """A checkpoint exists but its contents are unreadable or fail the checksum."""
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+  lines = str(e).strip().splitlines()
+  return (lines[0] if lines else type(e).__name__)[:limit]
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Mutes orbax's error logs while a restore that may fail is attempted.
+
+  A truncated checkpoint makes orbax log the same parse error several times
+  (and asyncio report its aborted reads); the `CorruptCheckpointError` raised
+  here already says which step is unreadable and why.
+  """
+  loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+  levels = [lg.level for lg in loggers]
+  for lg in loggers:
+    lg.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    for lg, level in zip(loggers, levels):
+      lg.setLevel(level)
 
 
 def _is_typed_key(x: Any) -> bool:
@@ -217,6 +242,35 @@ class Checkpointer:
       ) from e
 
   # -- restore -----------------------------------------------------------------
+  def restore_metadata(self, step: int) -> dict[str, Any]:
+    """The JSON metadata of checkpoint `step`, without reading any array.
+
+    Cheap enough to check which run a checkpoint belongs to before restoring
+    arrays into a target of possibly another structure.
+
+    Raises:
+      CorruptCheckpointError: the metadata is unreadable or not jaxleak's.
+    """
+    step = int(step)
+    path = self.step_path(step)
+    try:
+      with _quiet_orbax():
+        meta = self._manager.restore(
+            step, args=_ocp().args.Composite(meta=_ocp().args.JsonRestore())
+        ).meta
+    except Exception as e:
+      raise CorruptCheckpointError(
+          f"checkpoint step {step} at {path} has unreadable metadata: "
+          f"{_one_line(e)}") from e
+    if not isinstance(meta, dict) or _CHECKSUM_FIELD not in meta:
+      raise CorruptCheckpointError(
+          f"checkpoint step {step} at {path} has no jaxleak metadata "
+          "(was it written by another tool, or truncated?)")
+    meta = dict(meta)
+    meta.pop(_KEYS_FIELD, None)
+    meta.pop(_CHECKSUM_FIELD, None)
+    return meta
+
   def restore(self, target: Any = None, step: int | None = None
               ) -> tuple[Any, dict[str, Any]]:
     """Reads checkpoint `step` (default: the newest).
@@ -248,11 +302,14 @@ class Checkpointer:
           f"{self.directory}; available steps: {steps}")
     path = self.step_path(step)
     try:
-      meta = self._manager.restore(
-          step, args=_ocp().args.Composite(meta=_ocp().args.JsonRestore())).meta
+      with _quiet_orbax():
+        meta = self._manager.restore(
+            step, args=_ocp().args.Composite(meta=_ocp().args.JsonRestore())
+        ).meta
     except Exception as e:
       raise CorruptCheckpointError(
-          f"checkpoint step {step} at {path} has unreadable metadata: {e}") from e
+          f"checkpoint step {step} at {path} has unreadable metadata: "
+          f"{_one_line(e)}") from e
     if not isinstance(meta, dict) or _CHECKSUM_FIELD not in meta:
       raise CorruptCheckpointError(
           f"checkpoint step {step} at {path} has no jaxleak metadata "
@@ -263,14 +320,14 @@ class Checkpointer:
     restore_arg = (args.StandardRestore() if target is None
                    else args.StandardRestore(_abstract(target)))
     try:
-      raw = self._manager.restore(
-          step, args=args.Composite(state=restore_arg)).state
+      with _quiet_orbax():
+        raw = self._manager.restore(
+            step, args=args.Composite(state=restore_arg)).state
     except Exception as e:
-      hint = ("; the saved pytree may not match argument 'target' "
-              "(different model or optimiser?)") if target is not None else ""
       raise CorruptCheckpointError(
-          f"checkpoint step {step} at {path} cannot be restored{hint}: "
-          f"{type(e).__name__}: {str(e)[:500]}") from e
+          f"checkpoint step {step} at {path} cannot be restored (truncated, "
+          "damaged, or saved from a pytree unlike argument 'target'): "
+          f"{type(e).__name__}: {_one_line(e)}") from e
     if tree_checksum(raw) != checksum:
       raise CorruptCheckpointError(
           f"checkpoint step {step} at {path} fails its checksum: the files were "
@@ -310,7 +367,7 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.close()
 
-  def __enter__(self) -> "Checkpointer":
+  def __enter__(self) -> Self:
     return self
 
   def __exit__(self, *exc) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from jaxleak import data, models, sharding
 from jaxleak.dp import accounting
-from jaxleak.dp import training as dp_training
+from jaxleak import dp_training
 
 
 @pytest.fixture(scope="module")
