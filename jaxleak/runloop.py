@@ -214,7 +214,8 @@ class RunLoop:
     progress: show a tqdm progress bar.
     unit: progress-bar unit ("step", "epoch").
     max_to_keep: checkpoints kept on disk (>= 2).
-    where: how messages name the caller and its folder argument.
+    where: how messages name the run's folder (default: "argument
+      'workdir'=<parent of checkpoint_dir>").
   """
 
   def __init__(self, name: str, total_steps: int, *,
@@ -223,7 +224,7 @@ class RunLoop:
                save_when: Callable[[int], bool] | None = None,
                stop_after: int | None = None, progress: bool = True,
                unit: str = "step", max_to_keep: int = 3,
-               where: str = "argument 'workdir'"):
+               where: str | None = None):
     self.name = name
     self.total_steps = int(total_steps)
     self.identity = canonical_json(identity)
@@ -238,7 +239,9 @@ class RunLoop:
     self.last_saved: int | None = None
     self.state: Any = None
     self.aux: dict = {}
+    self.last_result: LoopResult | None = None
     self._prior_wall = 0.0
+    self._saved_wall: float | None = None  # wall time in the newest save
     self._t0: float | None = None
     self._interrupted = False
     self.ckpt = None
@@ -310,10 +313,11 @@ class RunLoop:
     diff = (_differences(stored, self.identity) if stored is not None
             else ["no jaxleak run identity stored"])
     shown = ", ".join(diff[:6]) + (", ..." if len(diff) > 6 else "")
+    where = self.where or (
+        f"argument 'workdir'={os.path.dirname(self.directory)!r}")
     raise DifferentRunError(
-        f"{self.name}: {self.where}={os.path.dirname(self.directory)!r} holds "
-        f"a different run (differs in: {shown}); use a new workdir, or delete "
-        "this one to start over")
+        f"{self.name}: {where} holds a different run (differs in: {shown}); "
+        "use a new workdir, or delete this one to start over")
 
   # -- save --------------------------------------------------------------------
   def save(self) -> None:
@@ -322,6 +326,7 @@ class RunLoop:
       return
     meta = {"step": self.step, "identity": self.identity,
             "wall_time_s": self.wall_time_s, "aux": canonical_json(self.aux)}
+    self._saved_wall = None
     try:
       self.ckpt.save(self.step, self.state, meta)
     except checkpoint_lib.CheckpointError as e:
@@ -332,6 +337,7 @@ class RunLoop:
           f"{self.directory} ({_first_line(e.__cause__ or e, 200)}); {kept}; "
           "free disk space or fix permissions and rerun to resume") from e
     self.last_saved = self.step
+    self._saved_wall = meta["wall_time_s"]
 
   def _due(self, done: int) -> bool:
     return (done == self.total_steps
@@ -391,12 +397,19 @@ class RunLoop:
         bar.close()
       # A rerun of a finished run (no step) adds nothing to the total.
       segment = time.perf_counter() - self._t0 if self.step > start else 0.0
+      if self.step == self.total_steps and self._saved_wall is not None:
+        # A finished run's total is the one its final checkpoint records, so
+        # that a rerun reports the same figure.
+        segment = self._saved_wall - self._prior_wall
       self._prior_wall += segment
       self._t0 = None
-    return LoopResult(state=self.state, aux=self.aux, step=self.step,
-                      resumed_from=self.resumed_from,
-                      wall_time_s=self._prior_wall,
-                      segment_wall_time_s=segment)
+      # Also set when Preempted/Interrupted propagate, for callers that
+      # turn a stop into a return value.
+      self.last_result = LoopResult(
+          state=self.state, aux=self.aux, step=self.step,
+          resumed_from=self.resumed_from, wall_time_s=self._prior_wall,
+          segment_wall_time_s=segment)
+    return self.last_result
 
   @contextlib.contextmanager
   def _deferred_sigint(self) -> Iterator[None]:
