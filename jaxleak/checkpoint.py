@@ -15,6 +15,9 @@ Guarantees:
   * `restore_latest(..., fallback=True)` skips a corrupt newest checkpoint and
     resumes from the newest good one; older checkpoints are never deleted by a
     failed restore (``max_to_keep`` >= 2 keeps a previous good one on disk).
+  * `restore_metadata` reads a checkpoint's JSON without touching its arrays,
+    so a caller can tell "another run" from "damaged" before restoring
+    (`jaxleak.runloop` does).
 
 The V0 ``CheckpointManager`` API is used because it is what orbax-checkpoint
 0.12 documents for training loops; switch to ``orbax.checkpoint.v1`` once it
@@ -357,12 +360,13 @@ class Checkpointer:
       except CorruptCheckpointError as e:
         if not fallback:
           raise
-        errors.append(str(e))
-        warnings.warn(f"{e}; trying the previous checkpoint", RuntimeWarning,
-                      stacklevel=2)
+        errors.append(_one_line(e))
+        warnings.warn(f"{_one_line(e)}; trying the previous checkpoint",
+                      RuntimeWarning, stacklevel=2)
     raise CorruptCheckpointError(
-        f"every checkpoint in {self.directory} is corrupt:\n  "
-        + "\n  ".join(errors))
+        f"every checkpoint in {self.directory} is unreadable (steps "
+        f"{', '.join(str(s) for s in steps)}; newest: {errors[0]}); delete "
+        f"{self.directory} to start over")
 
   def close(self) -> None:
     self._manager.close()

@@ -43,6 +43,7 @@ __all__ = (
   "DPStepMetrics",
   "DPTrainConfig",
   "DPTrainResult",
+  "default_eval_every",
   "make_dp_optimizer",
   "make_dp_train_step",
   "make_weight_rule",
@@ -246,6 +247,16 @@ def _resolve_noise(config: DPTrainConfig, n_train: int) -> float:
       accountant=config.accountant)
 
 
+def default_eval_every(total_steps: int, sample_rate: float) -> int:
+  """Steps between evaluations: one epoch, or a twentieth of a long run.
+
+  Each evaluation computes epsilon (a PLD composition, about a second on a
+  CPU), so a short run (2 epochs are ~31 steps of mnist_subset) evaluates
+  once per epoch, not every step; a long one at most about 20 times.
+  """
+  return max(1, round(1 / sample_rate), int(total_steps) // 20)
+
+
 def train_dp_classifier(apply_fn, params, train: data_lib.Dataset,
                         test: data_lib.Dataset, config: DPTrainConfig, *,
                         mesh: jax.sharding.Mesh | None = None,
@@ -265,10 +276,9 @@ def train_dp_classifier(apply_fn, params, train: data_lib.Dataset,
   exactly.
 
   Args:
-    eval_every: steps between evaluations (test accuracy and epsilon); the
-      default is one epoch (``1 / q`` steps) or a twentieth of the run,
-      whichever is longer, so epsilon (a PLD composition, about a second) is
-      computed a bounded number of times however short the run.
+    eval_every: steps between evaluations (test accuracy and epsilon);
+      default `default_eval_every` (one epoch or a twentieth of the run,
+      whichever is longer). The last step is always evaluated.
 
   Returns:
     A `DPTrainResult` with the final params, evaluation history, test
@@ -295,7 +305,7 @@ def train_dp_classifier(apply_fn, params, train: data_lib.Dataset,
     microbatch = None
   sampler = data_lib.PoissonSampler(n, sample_rate=q, seed=config.seed,
                                     max_batch_size=max_b)
-  eval_every = eval_every or max(1, round(1 / q), total_steps // 20)
+  eval_every = eval_every or default_eval_every(total_steps, q)
   optimizer = make_dp_optimizer(
       rule, sigma, jax.random.key(config.seed + 1_000_003),
       expected_batch_size=config.expected_batch_size,

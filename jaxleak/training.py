@@ -6,8 +6,9 @@ step over shuffled fixed-size batches whose order is a pure function of
 global step: the restored run replays the same batches in the same order and
 ends with bit-identical parameters to an uninterrupted run.
 
-DP training (`jaxleak.dp`) and unlearning reuse `evaluate` and the checkpoint
-layout used here.
+Restoring, checkpointing, SIGINT and wall time are `jaxleak.runloop`'s; this
+module keeps the step and its metrics. DP training (`jaxleak.dp_training`)
+reuses `evaluate`.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ def test_truncated_newest_checkpoint_is_skipped_with_one_line(tmp_path,
   _truncate(str(tmp_path / "checkpoints" / "6"))
   capfd.readouterr()
   with _loop(tmp_path) as loop:
-    state, aux = loop.restore({"x": np.zeros(3, np.float32)}, {})
+    state, _ = loop.restore({"x": np.zeros(3, np.float32)}, {})
   err = capfd.readouterr().err
   assert loop.resumed_from == 4
   np.testing.assert_array_equal(state["x"], [6.0] * 3)  # 0+1+2+3
@@ -131,9 +131,9 @@ def test_every_checkpoint_truncated_names_the_steps_and_the_fix(tmp_path,
   for step_dir in glob.glob(str(tmp_path / "checkpoints" / "[0-9]*")):
     _truncate(step_dir)
   capfd.readouterr()
-  with pytest.raises(checkpoint.CorruptCheckpointError) as err:
-    with _loop(tmp_path) as loop:
-      loop.restore({"x": np.zeros(3, np.float32)}, {})
+  with (pytest.raises(checkpoint.CorruptCheckpointError) as err,
+        _loop(tmp_path) as loop):
+    loop.restore({"x": np.zeros(3, np.float32)}, {})
   message = str(err.value)
   assert "every checkpoint" in message and "steps 2, 4, 6" in message
   assert f"delete {tmp_path / 'checkpoints'}" in message

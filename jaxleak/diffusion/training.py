@@ -4,8 +4,8 @@
 It is data-parallel over all local devices: the batch is sharded along a
 one-axis ``("data",)`` mesh with explicit sharding, params, EMA params and
 optimiser state are replicated, and XLA inserts the gradient all-reduce.
-Every `checkpoint_every` steps it saves params, EMA params, optimiser state,
-step and RNG key through `jaxleak.checkpoint.Checkpointer`; rerunning with
+Every `checkpoint_every` steps (and on SIGINT) it saves params, EMA params,
+optimiser state, step and RNG key through `jaxleak.runloop`; rerunning with
 the same arguments resumes from the newest checkpoint and ends with the same
 parameters as an uninterrupted run, because every batch and every noise
 draw is a pure function of (seed, step).
