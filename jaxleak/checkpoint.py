@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import warnings
 from typing import Any, Self
 
@@ -92,6 +93,31 @@ def _quiet_orbax():
   finally:
     for lg, level in zip(loggers, levels):
       lg.setLevel(level)
+
+
+def _mute_closed_loop_errors() -> None:
+  """Drops the "Event loop is closed" errors a failed restore leaves behind.
+
+  When orbax's restore of a damaged checkpoint fails, its asyncio loop closes
+  while TensorStore reads are still in flight; each read that finishes later
+  calls back into the closed loop from a TensorStore thread, and TensorStore
+  reports the RuntimeError through `sys.unraisablehook` (a traceback per read,
+  dozens per checkpoint). They say nothing beyond the `CorruptCheckpointError`
+  already raised, so after the first failed restore the hook skips exactly
+  this error and passes every other one on.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "jaxleak_mutes_closed_loop", False):
+    return
+
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if not (isinstance(exc, RuntimeError)
+            and str(exc) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.jaxleak_mutes_closed_loop = True
+  sys.unraisablehook = hook
 
 
 def _is_typed_key(x: Any) -> bool:
@@ -183,14 +209,16 @@ class Checkpointer:
         enable_async_checkpointing=False,
         create=True,
     )
-    self._manager = _ocp().CheckpointManager(self.directory, options=options)
+    with _quiet_orbax():  # it reads every step's (maybe damaged) metadata
+      self._manager = _ocp().CheckpointManager(self.directory, options=options)
 
   # -- queries ---------------------------------------------------------------
   @property
   def steps(self) -> list[int]:
     """All checkpointed steps, oldest first."""
-    self._manager.reload()
-    return sorted(self._manager.all_steps())
+    with _quiet_orbax():
+      self._manager.reload()
+      return sorted(self._manager.all_steps())
 
   @property
   def latest_step(self) -> int | None:
@@ -327,6 +355,7 @@ class Checkpointer:
         raw = self._manager.restore(
             step, args=args.Composite(state=restore_arg)).state
     except Exception as e:
+      _mute_closed_loop_errors()
       raise CorruptCheckpointError(
           f"checkpoint step {step} at {path} cannot be restored (truncated, "
           "damaged, or saved from a pytree unlike argument 'target'): "

@@ -5,9 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxleak import data, models, sharding
+from jaxleak import data, dp_training, models, sharding
 from jaxleak.dp import accounting
-from jaxleak import dp_training
 
 
 @pytest.fixture(scope="module")
