@@ -71,7 +71,7 @@ def run_jax(model: str, batch: int, method: str, min_time: float) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from jaxleak import dp, models  # pylint: disable=g-import-not-at-top
-  from jaxleak.dp import training as dp_training  # pylint: disable=g-import-not-at-top
+  from jaxleak import dp_training  # pylint: disable=g-import-not-at-top
 
   shape = SHAPES[model]
   apply_fn, params = models.create(model, 10, shape, jax.random.key(0))
@@ -187,7 +187,7 @@ def check_same_step() -> float:
   from opacus import GradSampleModule  # pylint: disable=g-import-not-at-top
   from opacus.optimizers import DPOptimizer  # pylint: disable=g-import-not-at-top
   from jaxleak import dp, models  # pylint: disable=g-import-not-at-top
-  from jaxleak.dp import training as dp_training  # pylint: disable=g-import-not-at-top
+  from jaxleak import dp_training  # pylint: disable=g-import-not-at-top
 
   def _t(a):  # a fresh array with standard strides; see the note below
     return torch.from_numpy(np.array(a, order="C", copy=True))

@@ -15,6 +15,9 @@ Guarantees:
   * `restore_latest(..., fallback=True)` skips a corrupt newest checkpoint and
     resumes from the newest good one; older checkpoints are never deleted by a
     failed restore (``max_to_keep`` >= 2 keeps a previous good one on disk).
+  * `restore_metadata` reads a checkpoint's JSON without touching its arrays,
+    so a caller can tell "another run" from "damaged" before restoring
+    (`jaxleak.runloop` does).
 
 The V0 ``CheckpointManager`` API is used because it is what orbax-checkpoint
 0.12 documents for training loops; switch to ``orbax.checkpoint.v1`` once it
@@ -23,20 +26,22 @@ becomes the top-level API.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from typing import Any
+import sys
 import warnings
+from typing import Any, Self
 
 import jax
 import numpy as np
 
 __all__ = (
-    "Checkpointer",
-    "CheckpointError",
-    "CorruptCheckpointError",
-    "tree_checksum",
+  "CheckpointError",
+  "Checkpointer",
+  "CorruptCheckpointError",
+  "tree_checksum",
 )
 
 _KEYS_FIELD = "_typed_keys"
@@ -59,6 +64,55 @@ class CheckpointError(RuntimeError):
 
 class CorruptCheckpointError(CheckpointError):
   """A checkpoint exists but its contents are unreadable or fail the checksum."""
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+  lines = str(e).strip().splitlines()
+  return (lines[0] if lines else type(e).__name__)[:limit]
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Mutes orbax's error logs while a restore that may fail is attempted.
+
+  A truncated checkpoint makes orbax log the same parse error several times
+  (and asyncio report its aborted reads); the `CorruptCheckpointError` raised
+  here already says which step is unreadable and why.
+  """
+  loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+  levels = [lg.level for lg in loggers]
+  for lg in loggers:
+    lg.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    for lg, level in zip(loggers, levels):
+      lg.setLevel(level)
+
+
+def _mute_closed_loop_errors() -> None:
+  """Drops the "Event loop is closed" errors a failed restore leaves behind.
+
+  When orbax's restore of a damaged checkpoint fails, its asyncio loop closes
+  while TensorStore reads are still in flight; each read that finishes later
+  calls back into the closed loop from a TensorStore thread, and TensorStore
+  reports the RuntimeError through `sys.unraisablehook` (a traceback per read,
+  dozens per checkpoint). They say nothing beyond the `CorruptCheckpointError`
+  already raised, so after the first failed restore the hook skips exactly
+  this error and passes every other one on.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "jaxleak_mutes_closed_loop", False):
+    return
+
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if not (isinstance(exc, RuntimeError)
+            and str(exc) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.jaxleak_mutes_closed_loop = True
+  sys.unraisablehook = hook
 
 
 def _is_typed_key(x: Any) -> bool:
@@ -150,14 +204,16 @@ class Checkpointer:
         enable_async_checkpointing=False,
         create=True,
     )
-    self._manager = _ocp().CheckpointManager(self.directory, options=options)
+    with _quiet_orbax():  # it reads every step's (maybe damaged) metadata
+      self._manager = _ocp().CheckpointManager(self.directory, options=options)
 
   # -- queries ---------------------------------------------------------------
   @property
   def steps(self) -> list[int]:
     """All checkpointed steps, oldest first."""
-    self._manager.reload()
-    return sorted(self._manager.all_steps())
+    with _quiet_orbax():
+      self._manager.reload()
+      return sorted(self._manager.all_steps())
 
   @property
   def latest_step(self) -> int | None:
@@ -212,6 +268,35 @@ class Checkpointer:
       ) from e
 
   # -- restore -----------------------------------------------------------------
+  def restore_metadata(self, step: int) -> dict[str, Any]:
+    """The JSON metadata of checkpoint `step`, without reading any array.
+
+    Cheap enough to check which run a checkpoint belongs to before restoring
+    arrays into a target of possibly another structure.
+
+    Raises:
+      CorruptCheckpointError: the metadata is unreadable or not jaxleak's.
+    """
+    step = int(step)
+    path = self.step_path(step)
+    try:
+      with _quiet_orbax():
+        meta = self._manager.restore(
+            step, args=_ocp().args.Composite(meta=_ocp().args.JsonRestore())
+        ).meta
+    except Exception as e:
+      raise CorruptCheckpointError(
+          f"checkpoint step {step} at {path} has unreadable metadata: "
+          f"{_one_line(e)}") from e
+    if not isinstance(meta, dict) or _CHECKSUM_FIELD not in meta:
+      raise CorruptCheckpointError(
+          f"checkpoint step {step} at {path} has no jaxleak metadata "
+          "(was it written by another tool, or truncated?)")
+    meta = dict(meta)
+    meta.pop(_KEYS_FIELD, None)
+    meta.pop(_CHECKSUM_FIELD, None)
+    return meta
+
   def restore(self, target: Any = None, step: int | None = None
               ) -> tuple[Any, dict[str, Any]]:
     """Reads checkpoint `step` (default: the newest).
@@ -243,11 +328,14 @@ class Checkpointer:
           f"{self.directory}; available steps: {steps}")
     path = self.step_path(step)
     try:
-      meta = self._manager.restore(
-          step, args=_ocp().args.Composite(meta=_ocp().args.JsonRestore())).meta
+      with _quiet_orbax():
+        meta = self._manager.restore(
+            step, args=_ocp().args.Composite(meta=_ocp().args.JsonRestore())
+        ).meta
     except Exception as e:
       raise CorruptCheckpointError(
-          f"checkpoint step {step} at {path} has unreadable metadata: {e}") from e
+          f"checkpoint step {step} at {path} has unreadable metadata: "
+          f"{_one_line(e)}") from e
     if not isinstance(meta, dict) or _CHECKSUM_FIELD not in meta:
       raise CorruptCheckpointError(
           f"checkpoint step {step} at {path} has no jaxleak metadata "
@@ -258,14 +346,15 @@ class Checkpointer:
     restore_arg = (args.StandardRestore() if target is None
                    else args.StandardRestore(_abstract(target)))
     try:
-      raw = self._manager.restore(
-          step, args=args.Composite(state=restore_arg)).state
+      with _quiet_orbax():
+        raw = self._manager.restore(
+            step, args=args.Composite(state=restore_arg)).state
     except Exception as e:
-      hint = ("; the saved pytree may not match argument 'target' "
-              "(different model or optimiser?)") if target is not None else ""
+      _mute_closed_loop_errors()
       raise CorruptCheckpointError(
-          f"checkpoint step {step} at {path} cannot be restored{hint}: "
-          f"{type(e).__name__}: {str(e)[:500]}") from e
+          f"checkpoint step {step} at {path} cannot be restored (truncated, "
+          "damaged, or saved from a pytree unlike argument 'target'): "
+          f"{type(e).__name__}: {_one_line(e)}") from e
     if tree_checksum(raw) != checksum:
       raise CorruptCheckpointError(
           f"checkpoint step {step} at {path} fails its checksum: the files were "
@@ -295,17 +384,18 @@ class Checkpointer:
       except CorruptCheckpointError as e:
         if not fallback:
           raise
-        errors.append(str(e))
-        warnings.warn(f"{e}; trying the previous checkpoint", RuntimeWarning,
-                      stacklevel=2)
+        errors.append(_one_line(e))
+        warnings.warn(f"{_one_line(e)}; trying the previous checkpoint",
+                      RuntimeWarning, stacklevel=2)
     raise CorruptCheckpointError(
-        f"every checkpoint in {self.directory} is corrupt:\n  "
-        + "\n  ".join(errors))
+        f"every checkpoint in {self.directory} is unreadable (steps "
+        f"{', '.join(str(s) for s in steps)}; newest: {errors[0]}); delete "
+        f"{self.directory} to start over")
 
   def close(self) -> None:
     self._manager.close()
 
-  def __enter__(self) -> "Checkpointer":
+  def __enter__(self) -> Self:
     return self
 
   def __exit__(self, *exc) -> None:

@@ -6,17 +6,17 @@ step over shuffled fixed-size batches whose order is a pure function of
 global step: the restored run replays the same batches in the same order and
 ends with bit-identical parameters to an uninterrupted run.
 
-DP training (`jaxleak.dp`) and unlearning reuse `evaluate` and the checkpoint
-layout used here.
+Restoring, checkpointing, SIGINT and wall time are `jaxleak.runloop`'s; this
+module keeps the step and its metrics. DP training (`jaxleak.dp_training`)
+reuses `evaluate`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import dataclasses
-import json
+import functools
 import os
-import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -24,26 +24,25 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxleak import checkpoint as checkpoint_lib
 from jaxleak import data as data_lib
 from jaxleak import models as models_lib
-from jaxleak import report
+from jaxleak import runloop
 from jaxleak._src import validate
 
 __all__ = (
-    "TrainConfig",
-    "TrainResult",
-    "make_train_step",
-    "evaluate",
-    "train_classifier",
-    "Preempted",
+  "Preempted",
+  "TrainConfig",
+  "TrainResult",
+  "evaluate",
+  "make_train_step",
+  "train_classifier",
 )
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
 
-class Preempted(RuntimeError):
-  """Raised when training stops on purpose after `preempt_after_steps` steps."""
+# Raised when training stops on purpose after `preempt_after_steps` steps.
+Preempted = runloop.Preempted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,14 +123,7 @@ def evaluate(apply_fn: ApplyFn, params: Any, dataset: data_lib.Dataset, *,
   if n == 0:
     raise ValueError("evaluate: argument 'dataset' is empty")
   batch_size = min(batch_size, n)
-
-  @jax.jit
-  def chunk_stats(params, x, y, mask):
-    logits = apply_fn(params, x)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    correct = jnp.argmax(logits, -1) == y
-    return jnp.sum(losses * mask), jnp.sum(correct * mask)
-
+  chunk_stats = _chunk_stats(apply_fn)
   total_loss, total_correct = 0.0, 0.0
   for start in range(0, n, batch_size):
     x, y = images[start:start + batch_size], labels[start:start + batch_size]
@@ -146,6 +138,22 @@ def evaluate(apply_fn: ApplyFn, params: Any, dataset: data_lib.Dataset, *,
     total_loss += float(loss_sum)
     total_correct += float(correct)
   return {"loss": total_loss / n, "accuracy": total_correct / n}
+
+
+@functools.lru_cache(maxsize=16)
+def _chunk_stats(apply_fn: ApplyFn):
+  """Jitted summed loss and correct count of one masked chunk.
+
+  Cached per `apply_fn`, so evaluating every epoch (or every DP report
+  interval) compiles once instead of once per call.
+  """
+  @jax.jit
+  def chunk_stats(params, x, y, mask):
+    logits = apply_fn(params, x)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    correct = jnp.argmax(logits, -1) == y
+    return jnp.sum(losses * mask), jnp.sum(correct * mask)
+  return chunk_stats
 
 
 def train_classifier(apply_fn: ApplyFn, params: Any, train: data_lib.Dataset,
@@ -171,10 +179,12 @@ def train_classifier(apply_fn: ApplyFn, params: Any, train: data_lib.Dataset,
       also match on resume.
 
   Returns:
-    A `TrainResult` with final params, per-epoch history and test accuracy.
+    A `TrainResult` with final params, per-epoch history, test accuracy and
+    the wall time summed over every resumed segment of the run.
 
   Raises:
     ValueError: bad config, or a workdir holding a different run.
+    jaxleak.runloop.Interrupted: SIGINT (the interrupted step is saved).
   """
   config.validate()
   steps_per_epoch = data_lib.num_batches(len(train), config.batch_size,
@@ -185,100 +195,78 @@ def train_classifier(apply_fn: ApplyFn, params: Any, train: data_lib.Dataset,
         f"larger than the training set ({len(train)} examples)")
   total_steps = steps_per_epoch * config.epochs
   optimizer = make_optimizer(config, total_steps)
-  opt_state = optimizer.init(params)
   identity = {"config": dataclasses.asdict(config), "run": dict(run_info or {})}
+  loop = runloop.RunLoop(
+      "train", total_steps,
+      checkpoint_dir=(None if workdir is None
+                      else os.path.join(workdir, "checkpoints")),
+      identity=identity, checkpoint_every=config.checkpoint_every,
+      save_when=lambda done: done % steps_per_epoch == 0,
+      stop_after=preempt_after_steps, progress=progress)
+  with loop:
+    state, aux = loop.restore(
+        {"params": params, "opt_state": optimizer.init(params)},
+        {"history": [], "epoch_loss_sum": 0.0, "epoch_acc_sum": 0.0,
+         "epoch_count": 0})
+    train_step = make_train_step(apply_fn, optimizer)
+    batch_at = _BatchCursor(train, config.batch_size, config.seed,
+                            steps_per_epoch)
 
-  ckpt = None
-  step, resumed_from = 0, None
-  history: list[dict[str, float]] = []
-  epoch_loss_sum, epoch_acc_sum, epoch_count = 0.0, 0.0, 0
-  if workdir is not None:
-    ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
-    restored = ckpt.restore_latest({"params": params, "opt_state": opt_state})
-    if restored is not None:
-      state, meta, _ = restored
-      if meta.get("identity") != _canonical_json(identity):
-        raise ValueError(
-            f"train_classifier: argument 'workdir'={os.fspath(workdir)!r} holds a "
-            "checkpoint of a different run (model, data or config differ); use a "
-            f"new workdir.\n  stored: {meta.get('identity')}\n  requested: "
-            f"{_canonical_json(identity)}")
-      params, opt_state = state["params"], state["opt_state"]
-      step = resumed_from = int(meta["step"])
-      history = list(meta["history"])
-      epoch_loss_sum = float(meta["epoch_loss_sum"])
-      epoch_acc_sum = float(meta["epoch_acc_sum"])
-      epoch_count = int(meta["epoch_count"])
+    def step_fn(step, state, aux):
+      x, y = batch_at(step)
+      params, opt_state, loss, acc = train_step(state["params"],
+                                                state["opt_state"], x, y)
+      aux["epoch_loss_sum"] += float(loss)
+      aux["epoch_acc_sum"] += float(acc)
+      aux["epoch_count"] += 1
+      epoch = step // steps_per_epoch
+      if (step + 1) % steps_per_epoch == 0:
+        test_metrics = evaluate(apply_fn, params, test)
+        aux["history"].append({
+            "epoch": epoch + 1, "step": step + 1,
+            "train_loss": aux["epoch_loss_sum"] / aux["epoch_count"],
+            "train_accuracy": aux["epoch_acc_sum"] / aux["epoch_count"],
+            "test_loss": test_metrics["loss"],
+            "test_accuracy": test_metrics["accuracy"],
+        })
+        aux.update(epoch_loss_sum=0.0, epoch_acc_sum=0.0, epoch_count=0)
+      test_acc = (aux["history"][-1]["test_accuracy"] if aux["history"]
+                  else float("nan"))
+      return ({"params": params, "opt_state": opt_state}, aux,
+              {"epoch": epoch + 1, "loss": f"{float(loss):.4f}",
+               "test_acc": f"{test_acc:.4f}"})
 
-  def save(step):
-    if ckpt is None:
-      return
-    ckpt.save(step, {"params": params, "opt_state": opt_state}, {
-        "step": step,
-        "identity": _canonical_json(identity),
-        "history": history,
-        "epoch_loss_sum": epoch_loss_sum,
-        "epoch_acc_sum": epoch_acc_sum,
-        "epoch_count": epoch_count,
-    })
-
-  train_step = make_train_step(apply_fn, optimizer)
-  bar = None
-  if progress:
-    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step",
-               dynamic_ncols=True)
-  start_time = time.perf_counter()
-  test_metrics = {"accuracy": float("nan"), "loss": float("nan")}
-  if history:
-    test_metrics = {"accuracy": history[-1]["test_accuracy"],
-                    "loss": history[-1]["test_loss"]}
-  try:
-    while step < total_steps:
-      epoch, offset = divmod(step, steps_per_epoch)
-      batch_iter = data_lib.batches(train, config.batch_size, seed=config.seed,
-                                    epoch=epoch, shuffle=True, drop_remainder=True)
-      for i, (x, y) in enumerate(batch_iter):
-        if i < offset:
-          continue  # replay the epoch's order up to the resume point
-        params, opt_state, loss, acc = train_step(params, opt_state, x, y)
-        step += 1
-        epoch_loss_sum += float(loss)
-        epoch_acc_sum += float(acc)
-        epoch_count += 1
-        end_of_epoch = step % steps_per_epoch == 0
-        if end_of_epoch:
-          test_metrics = evaluate(apply_fn, params, test)
-          history.append({
-              "epoch": epoch + 1, "step": step,
-              "train_loss": epoch_loss_sum / epoch_count,
-              "train_accuracy": epoch_acc_sum / epoch_count,
-              "test_loss": test_metrics["loss"],
-              "test_accuracy": test_metrics["accuracy"],
-          })
-          epoch_loss_sum, epoch_acc_sum, epoch_count = 0.0, 0.0, 0
-        if end_of_epoch or step % config.checkpoint_every == 0:
-          save(step)
-        if bar is not None:
-          bar.update(1)
-          bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.4f}",
-                          test_acc=f"{test_metrics['accuracy']:.4f}")
-        if preempt_after_steps is not None and step >= preempt_after_steps:
-          save(step)
-          raise Preempted(f"stopped after step {step} (preempt_after_steps)")
-        if end_of_epoch:
-          break
-  finally:
-    if bar is not None:
-      bar.close()
-    if ckpt is not None:
-      ckpt.close()
+    result = loop.run(step_fn, state, aux)
+  history = result.aux["history"]
   return TrainResult(
-      params=params, history=history,
-      test_accuracy=float(test_metrics["accuracy"]), steps=step,
-      wall_time_s=time.perf_counter() - start_time, resumed_from=resumed_from)
+      params=result.state["params"], history=history,
+      test_accuracy=(float(history[-1]["test_accuracy"]) if history
+                     else float("nan")),
+      steps=result.step, wall_time_s=result.wall_time_s,
+      resumed_from=result.resumed_from)
 
 
-def _canonical_json(obj: Any) -> Any:
-  """Normalises `obj` through JSON so stored and fresh identities compare equal."""
-  return json.loads(json.dumps(report.to_jsonable(obj)))
+class _BatchCursor:
+  """Batch `step` of the run: epoch `step // spe` in `(seed, epoch)` order.
+
+  Steps are asked for in order, so one epoch iterator is kept and advanced;
+  a resume mid-epoch starts the iterator at the resumed batch.
+  """
+
+  def __init__(self, train, batch_size, seed, steps_per_epoch):
+    self._args = (train, batch_size, seed, steps_per_epoch)
+    self._iter, self._next = None, None
+
+  def __call__(self, step):
+    train, batch_size, seed, spe = self._args
+    if self._iter is None or self._next != step:
+      epoch, offset = divmod(step, spe)
+      self._iter = data_lib.batches(train, batch_size, seed=seed, epoch=epoch,
+                                    shuffle=True, drop_remainder=True,
+                                    start_batch=offset)
+    self._next = step + 1
+    if self._next % spe == 0:
+      batch, self._iter = next(self._iter), None
+      return batch
+    return next(self._iter)
+

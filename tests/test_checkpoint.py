@@ -134,3 +134,25 @@ def test_restore_without_target_passes_the_checksum(tmp_path):
                                 state["params"]["dense"]["kernel"])
   np.testing.assert_array_equal(raw["opt_state"][0]["mu"]["dense"]["bias"],
                                 state["opt_state"][0].mu["dense"]["bias"])
+
+
+def test_failed_restore_leaves_no_event_loop_noise(tmp_path, monkeypatch):
+  """Issue 20 item 8: a truncated checkpoint is one error, not dozens of
+  "Event loop is closed" tracebacks from orbax's aborted reads."""
+  import sys
+  import time
+  reported = []
+  monkeypatch.setattr(sys, "unraisablehook",
+                      lambda u: reported.append(str(u.exc_value)))
+  state = {f"w{i}": jnp.full((64,), float(i)) for i in range(12)}
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state, {"step": 1})
+    _damage(ckpt.step_path(1))
+    for _ in range(3):
+      with pytest.raises(checkpoint.CorruptCheckpointError, match="step 1"):
+        ckpt.restore(state, step=1)
+  time.sleep(0.5)  # the aborted reads finish on TensorStore's threads
+  assert not [r for r in reported if "Event loop is closed" in r]
+  # Other unraisable errors still reach the previous hook.
+  sys.unraisablehook(type("U", (), {"exc_value": ValueError("other")})())
+  assert reported[-1] == "other"

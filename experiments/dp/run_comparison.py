@@ -1,6 +1,6 @@
 """Runs the DP-PSASC comparison grid and writes tables and a plot.
 
-Thin launcher: all logic is jaxleak's (`jaxleak.dp.training`). Results are
+Thin launcher: all logic is jaxleak's (`jaxleak.dp_training`). Results are
 appended to `results.jsonl` as each run finishes, so an interrupted sweep
 resumes by rerunning the same command. See configs/comparison.py.
 """
@@ -72,7 +72,7 @@ def run_all(cfg, workdir):
   import jax  # pylint: disable=g-import-not-at-top
   from jaxleak import data, models, report, sharding  # pylint: disable=g-import-not-at-top
   from jaxleak.dp import accounting  # pylint: disable=g-import-not-at-top
-  from jaxleak.dp import training as dp_training  # pylint: disable=g-import-not-at-top
+  from jaxleak import dp_training  # pylint: disable=g-import-not-at-top
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
 
   # Seeds of one (dataset, epsilon, method) compile to the same program.

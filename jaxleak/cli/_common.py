@@ -34,11 +34,15 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def default_workdir(command: str, args: argparse.Namespace) -> str:
-  if args.workdir:
-    return args.workdir
-  parts = [command] + [str(getattr(args, k)) for k in ("model", "dataset")
-                       if getattr(args, k, None)]
-  return os.path.join("runs", "-".join(parts))
+  """`--workdir`, else runs/<command>-<model>-<dataset>; stored in `args`.
+
+  Storing it makes the config that reports print show the folder used.
+  """
+  if not args.workdir:
+    parts = [command] + [str(getattr(args, k)) for k in ("model", "dataset")
+                         if getattr(args, k, None)]
+    args.workdir = os.path.join("runs", "-".join(parts))
+  return args.workdir
 
 
 def load_splits(args: argparse.Namespace):

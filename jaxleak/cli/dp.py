@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from jaxleak.cli import _common
 
 
@@ -50,12 +48,20 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-  import jax  # pylint: disable=g-import-not-at-top
-  from jaxleak import sharding, training  # pylint: disable=g-import-not-at-top
-  from jaxleak.dp import training as dp_training  # pylint: disable=g-import-not-at-top
+  from jaxleak import runloop  # pylint: disable=g-import-not-at-top
 
   workdir = _common.default_workdir(f"train-dp-{args.rule}", args)
-  os.makedirs(workdir, exist_ok=True)
+  # Checked before any data loads; removed again if the run fails empty.
+  with runloop.workdir_guard(workdir):
+    return _train(args, workdir)
+
+
+def _train(args, workdir: str) -> int:
+  # pylint: disable=g-import-not-at-top
+  import jax
+
+  from jaxleak import dp_training, runloop, sharding
+  # pylint: enable=g-import-not-at-top
   train_set, test_set = _common.load_splits(args)
   apply_fn, params = _common.create_model(args, train_set, jax.random.key(args.seed))
   use_sigma = args.noise_multiplier is not None
@@ -78,7 +84,7 @@ def run(args) -> int:
         preempt_after_steps=args.preempt_after_steps,
         run_info={"model": args.model, "dataset": args.dataset,
                   "init": args.init, "resolution": args.resolution})
-  except training.Preempted as e:
+  except runloop.Preempted as e:
     print(f"preempted: {e}; rerun the same command to resume")
     return 75
   dp_training.write_dp_report(
@@ -87,5 +93,6 @@ def run(args) -> int:
   print(f"test accuracy {result.test_accuracy:.4f} at epsilon "
         f"{result.epsilon:.3f} (delta {args.delta:g}, sigma "
         f"{result.noise_multiplier:.3f}) after {result.steps} steps "
-        f"({result.wall_time_s:.1f} s); wrote {workdir}/report.md")
+        f"({result.wall_time_s:.1f} s in total); wrote {workdir}/metrics.json, "
+        "report.md, accuracy_curve.png, epsilon_curve.png")
   return 0

@@ -65,13 +65,23 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   try:
     return int(args.func(args) or 0)
-  except KeyboardInterrupt:
-    print("interrupted; rerun the same command to resume from the last checkpoint",
-          file=sys.stderr)
+  except KeyboardInterrupt as e:
+    # jaxleak.runloop.Interrupted says which step it saved.
+    print(str(e) or "interrupted; rerun the same command to resume from the "
+          "last checkpoint", file=sys.stderr)
     return 130
   except (ValueError, FileNotFoundError, TypeError) as e:
     # Bad input: print the library's message (it names the argument), no trace.
     if os.environ.get("JAXLEAK_DEBUG"):
+      raise
+    print(f"jaxleak {args.command}: error: {e}", file=sys.stderr)
+    return 2
+  except RuntimeError as e:
+    # A checkpoint that cannot be read or written: one line that says what
+    # failed and what to do (jaxleak.checkpoint.CheckpointError).
+    from jaxleak import checkpoint  # pylint: disable=g-import-not-at-top
+    if (not isinstance(e, checkpoint.CheckpointError)
+        or os.environ.get("JAXLEAK_DEBUG")):
       raise
     print(f"jaxleak {args.command}: error: {e}", file=sys.stderr)
     return 2

@@ -95,16 +95,23 @@ def _command_line() -> str:
 
 
 def run_train(args) -> int:
+  from jaxleak import runloop  # pylint: disable=g-import-not-at-top
+
+  if args.resolution is None:
+    raise ValueError("train-prior: argument '--resolution' is required")
+  args.workdir = args.workdir or os.path.join("runs", f"prior-{args.dataset}")
+  # Checked before any data loads; removed again if the run fails empty.
+  with runloop.workdir_guard(args.workdir):
+    return _train_prior(args, args.workdir)
+
+
+def _train_prior(args, workdir: str) -> int:
   # pylint: disable=g-import-not-at-top
   import jax
   import numpy as np
   from jaxleak import data, diffusion, metrics, report
   # pylint: enable=g-import-not-at-top
 
-  if args.resolution is None:
-    raise ValueError("train-prior: argument '--resolution' is required")
-  workdir = args.workdir or os.path.join("runs", f"prior-{args.dataset}")
-  os.makedirs(workdir, exist_ok=True)
   ds = data.load(args.dataset, args.split, args.data_dir,
                  resolution=args.resolution)
   conditional = (ds.num_classes > 1 if args.conditional is None
@@ -113,27 +120,11 @@ def run_train(args) -> int:
   spec = _spec_from_args(args, ds.image_shape[2], num_classes)
   schedule = diffusion.make_schedule(args.schedule, args.timesteps)
   name = args.name or args.dataset
-
-  # A rerun must describe the same run, or resuming would mix two configs.
-  run_cfg = {"spec": spec.to_dict(), "dataset": args.dataset,
-             "split": args.split, "schedule": args.schedule,
-             "timesteps": args.timesteps, "steps": args.steps,
-             "batch_size": args.batch_size, "lr": args.lr,
-             "warmup_steps": args.warmup_steps, "ema_decay": args.ema_decay,
-             "cond_drop": args.cond_drop if conditional else 0.0,
-             "hflip": args.hflip, "seed": args.seed}
-  cfg_path = os.path.join(workdir, "run.json")
-  if os.path.isfile(cfg_path):
-    import json  # pylint: disable=g-import-not-at-top
-    with open(cfg_path) as f:
-      old = json.load(f)
-    diff = sorted(k for k in run_cfg if report.to_jsonable(run_cfg[k])
-                  != old.get(k))
-    if diff:
-      raise ValueError(
-          f"train-prior: --workdir {workdir} holds a run with different "
-          f"settings ({', '.join(diff)}); use a new --workdir")
-  report.write_json(cfg_path, run_cfg)
+  # A rerun must describe the same run, or resuming would mix two configs;
+  # train_prior compares this (and its own settings) with the checkpoint's.
+  run_info = {"spec": spec.to_dict(), "dataset": args.dataset,
+              "split": args.split, "schedule": args.schedule,
+              "timesteps": args.timesteps}
 
   params = diffusion.init_unet(spec, jax.random.key(args.seed))
   apply_fn = diffusion.make_unet_apply(spec)
@@ -176,7 +167,7 @@ def run_train(args) -> int:
       seed=args.seed, workdir=workdir, checkpoint_every=args.checkpoint_every,
       log_every=args.log_every, callback=sample_grid,
       callback_every=args.sample_every, progress=not args.no_progress,
-      stop_after=args.preempt_after_steps)
+      stop_after=args.preempt_after_steps, run_info=run_info)
   if result.resumed_from is not None:
     print(f"resumed from step {result.resumed_from}")
   step = int(result.state.step)

@@ -29,11 +29,19 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-  import jax  # pylint: disable=g-import-not-at-top
-  from jaxleak import metrics, report, training  # pylint: disable=g-import-not-at-top
+  from jaxleak import runloop  # pylint: disable=g-import-not-at-top
 
   workdir = _common.default_workdir("train", args)
-  os.makedirs(workdir, exist_ok=True)
+  # Checked before any data loads; removed again if the run fails empty.
+  with runloop.workdir_guard(workdir):
+    return _train(args, workdir)
+
+
+def _train(args, workdir: str) -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from jaxleak import metrics, report, training  # pylint: disable=g-import-not-at-top
+
   train_set, test_set = _common.load_splits(args)
   apply_fn, params = _common.create_model(args, train_set, jax.random.key(args.seed))
   config = training.TrainConfig(
@@ -83,8 +91,8 @@ def run(args) -> int:
       figures={"Learning curve": curve_path, "Accuracy": acc_path},
       config=vars_json(args))
   print(f"test accuracy {result.test_accuracy:.4f} after {result.steps} steps "
-        f"({result.wall_time_s:.1f} s); wrote {workdir}/metrics.json, report.md, "
-        "learning_curve.png")
+        f"({result.wall_time_s:.1f} s in total); wrote {workdir}/metrics.json, "
+        "report.md, learning_curve.png, accuracy_curve.png")
   return 0
 
 

@@ -125,7 +125,8 @@ def run(args) -> int:
     raise ValueError(
         f"unlearn: argument '--ratio' must be in (0, 1), got {args.ratio}")
   workdir = _common.default_workdir("unlearn", args)
-  os.makedirs(workdir, exist_ok=True)
+  from jaxleak import runloop  # pylint: disable=g-import-not-at-top
+  runloop.prepare_workdir(workdir)  # one-line error before data loads
   progress = not args.no_progress
   train, test = _common.load_splits(args)
   apply_fn, params0 = create_model(args, train, jax.random.key(args.seed))

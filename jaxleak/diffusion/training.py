@@ -4,8 +4,8 @@
 It is data-parallel over all local devices: the batch is sharded along a
 one-axis ``("data",)`` mesh with explicit sharding, params, EMA params and
 optimiser state are replicated, and XLA inserts the gradient all-reduce.
-Every `checkpoint_every` steps it saves params, EMA params, optimiser state,
-step and RNG key through `jaxleak.checkpoint.Checkpointer`; rerunning with
+Every `checkpoint_every` steps (and on SIGINT) it saves params, EMA params,
+optimiser state, step and RNG key through `jaxleak.runloop`; rerunning with
 the same arguments resumes from the newest checkpoint and ends with the same
 parameters as an uninterrupted run, because every batch and every noise
 draw is a pure function of (seed, step).
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
-import time
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxleak import checkpoint as checkpoint_lib
+from jaxleak import runloop
 from jaxleak._src import validate
 from jaxleak.data import batching
 from jaxleak.diffusion import schedule as schedule_lib
@@ -279,7 +279,8 @@ def train_prior(apply_fn: Callable[..., jax.Array], params: Any,
                 callback: Optional[Callable[[int, TrainState], None]] = None,
                 callback_every: int = 0, progress: bool = True,
                 devices: Optional[list[Any]] = None,
-                stop_after: Optional[int] = None) -> TrainResult:
+                stop_after: Optional[int] = None,
+                run_info: Optional[dict[str, Any]] = None) -> TrainResult:
   """Trains (or resumes training) a diffusion UNet.
 
   Args:
@@ -310,6 +311,9 @@ def train_prior(apply_fn: Callable[..., jax.Array], params: Any,
     devices: devices of the data mesh (default: all local devices).
     stop_after: stop (after checkpointing) once this step is reached, as a
       preempted job would; rerun to resume.
+    run_info: extra JSON identifying the run (UNet spec, dataset); a
+      checkpoint in `workdir` of a run with another identity (these
+      settings, or any argument above that shapes training) is refused.
 
   Returns:
     A `TrainResult`.
@@ -333,27 +337,30 @@ def train_prior(apply_fn: Callable[..., jax.Array], params: Any,
         f"{fn}: argument 'batch_size' ({batch_size}) must be a multiple of "
         f"the {n_dev} local devices (data-parallel mesh)")
 
-  optimizer = make_optimizer(learning_rate, steps, warmup_steps=warmup_steps)
+  identity = {
+      "run": dict(run_info or {}), "num_images": n,
+      "data_checksum": _data_checksum(images, labels),
+      "schedule_betas": hashlib.sha256(
+          np.asarray(schedule.betas, np.float64).tobytes()).hexdigest()[:16],
+      "steps": steps, "batch_size": batch_size,
+      "learning_rate": float(learning_rate), "warmup_steps": int(warmup_steps),
+      "ema_decay": float(ema_decay), "cond_drop_prob": float(cond_drop_prob),
+      "null_class": null_class, "hflip": bool(hflip), "seed": int(seed)}
   lr_fn = _lr_schedule(learning_rate, steps, warmup_steps, 0.1)
   replicated = jax.sharding.NamedSharding(mesh, P())
   batch_sh = jax.sharding.NamedSharding(mesh, P("data"))
-  state = init_train_state(params, optimizer, jax.random.key(seed))
-
-  ckpt = None
-  resumed_from = None
-  history: list[dict[str, float]] = []
-  prior_wall = 0.0
-  if workdir is not None:
-    ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
-    restored = ckpt.restore_latest(target=state._asdict())
-    if restored is not None:
-      raw, meta, resumed_from = restored
-      state = TrainState(**raw)
-      history = list(meta.get("history", []))
-      prior_wall = float(meta.get("total_wall_time_s", 0.0))
-  state = jax.device_put(state, replicated)
-
-  with jax.set_mesh(mesh):
+  state = init_train_state(params, make_optimizer(
+      learning_rate, steps, warmup_steps=warmup_steps), jax.random.key(seed))
+  loop = runloop.RunLoop(
+      "train-prior", steps,
+      checkpoint_dir=(None if workdir is None
+                      else os.path.join(workdir, "checkpoints")),
+      identity=identity, checkpoint_every=checkpoint_every,
+      stop_after=stop_after, progress=progress)
+  with loop, jax.set_mesh(mesh):
+    # The checkpoint holds the state as a dict (NamedTuple-free on disk).
+    raw, aux = loop.restore(state._asdict(), {"history": []})
+    state = jax.device_put(TrainState(**raw), replicated)
     train_step = _cached_train_step(
         apply_fn, _ScheduleKey(schedule), float(learning_rate), steps,
         int(warmup_steps), float(ema_decay), float(cond_drop_prob),
@@ -361,51 +368,52 @@ def train_prior(apply_fn: Callable[..., jax.Array], params: Any,
     x_all = np.asarray(images, np.float32) * 2.0 - 1.0
     y_all = None if labels is None else np.asarray(labels, np.int32)
     per_epoch = n // batch_size
-    start = int(state.step)
-    t0 = time.time()
-    bar = None
-    if progress:
-      from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-      bar = tqdm(total=steps, initial=start, desc="train-prior", unit="step",
-                 dynamic_ncols=True)
-    losses: list[float] = []
-    end = steps if stop_after is None else min(steps, int(stop_after))
+    losses: list[float] = []  # since the last history entry
+
+    def step_fn(step, raw, aux):
+      epoch, b = divmod(step, per_epoch)
+      # The batch is a pure function of (seed, step): exact resume.
+      order = _epoch_order(n, seed, epoch)
+      idx = order[b * batch_size:(b + 1) * batch_size]
+      x = jax.device_put(x_all[idx], batch_sh)
+      y = None if y_all is None else jax.device_put(y_all[idx], batch_sh)
+      state, loss = train_step(TrainState(**raw), x, y)
+      losses.append(float(loss))
+      done = step + 1
+      if done % log_every == 0 or done == steps:
+        aux["history"].append({"step": done, "loss": float(np.mean(losses)),
+                               "lr": _lr_at(lr_fn, step),
+                               "wall_time_s": loop.wall_time_s})
+        losses.clear()
+      if callback is not None and callback_every and (
+          done % callback_every == 0):
+        callback(done, state)
+      return state._asdict(), aux, {"loss": f"{float(loss):.4f}"}
+
     try:
-      for step in range(start, end):
-        epoch, b = divmod(step, per_epoch)
-        # The batch is a pure function of (seed, step): exact resume.
-        order = _epoch_order(n, seed, epoch)
-        idx = order[b * batch_size:(b + 1) * batch_size]
-        x = jax.device_put(x_all[idx], batch_sh)
-        y = None if y_all is None else jax.device_put(y_all[idx], batch_sh)
-        state, loss = train_step(state, x, y)
-        losses.append(float(loss))
-        done = step + 1
-        if bar is not None:
-          bar.update(1)
-          bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        if done % log_every == 0 or done == steps:
-          history.append({"step": done, "loss": float(np.mean(losses)),
-                          "lr": _lr_at(lr_fn, step),
-                          "wall_time_s": prior_wall + time.time() - t0})
-          losses = []
-        if callback is not None and callback_every and (
-            done % callback_every == 0):
-          callback(done, state)
-        if ckpt is not None and (done % checkpoint_every == 0 or done == end):
-          _save(ckpt, state, history, prior_wall + time.time() - t0)
-    finally:
-      if bar is not None:
-        bar.close()
+      result = loop.run(step_fn, state._asdict(), aux)
+    except runloop.Preempted:
+      # `stop_after` ends this call like a preempted job: the caller sees
+      # state.step < steps and reruns to resume.
+      result = loop.last_result
+    state = TrainState(**result.state)
     if callback is not None and int(state.step) == steps and not (
         callback_every and steps % callback_every == 0):
       callback(steps, state)
-  wall = time.time() - t0
-  if ckpt is not None:
-    ckpt.close()
-  return TrainResult(state=state, history=history, wall_time_s=wall,
-                     total_wall_time_s=prior_wall + wall,
-                     resumed_from=resumed_from)
+  return TrainResult(state=state, history=result.aux["history"],
+                     wall_time_s=result.segment_wall_time_s,
+                     total_wall_time_s=result.wall_time_s,
+                     resumed_from=result.resumed_from)
+
+
+def _data_checksum(images: np.ndarray, labels: Optional[np.ndarray]) -> str:
+  """A cheap fingerprint of the training set (another dataset, subset, order)."""
+  images = np.asarray(images, np.float32).reshape(-1)
+  digest = hashlib.sha256(np.ascontiguousarray(
+      images[::max(1, images.size // 2**18)]).tobytes())
+  if labels is not None:
+    digest.update(np.ascontiguousarray(np.asarray(labels, np.int64)).tobytes())
+  return digest.hexdigest()[:16]
 
 
 class _ScheduleKey:
@@ -437,10 +445,3 @@ def _cached_train_step(apply_fn, schedule_key, learning_rate, steps,
 @functools.lru_cache(maxsize=4)
 def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
   return batching.epoch_permutation(n, seed=seed, epoch=epoch)
-
-
-def _save(ckpt: checkpoint_lib.Checkpointer, state: TrainState,
-          history: list[dict[str, float]], total_wall: float) -> None:
-  ckpt.save(int(state.step), state._asdict(),
-            {"step": int(state.step), "history": history,
-             "total_wall_time_s": total_wall})

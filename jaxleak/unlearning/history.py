@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxleak import checkpoint as checkpoint_lib
+from jaxleak import runloop
 from jaxleak._src import validate
 from jaxleak.data.dataset import as_arrays
 from jaxleak.unlearning import _grads
@@ -224,81 +225,74 @@ def train_with_history(apply_fn: ApplyFn, params: Params, data: Any,
   snap_first = recipe.epochs - 1 - snapshots  # first epoch whose end is kept
   snap_p = np.zeros((snapshots, p), np.float32)
   snap_g = np.zeros((snapshots, p), np.float32)
-  w = w0
-  start_epoch = 0
-  state_ckpt = steps_ckpt = None
-  if workdir is not None:
-    root = os.path.join(os.fspath(workdir), "history")
-    state_ckpt = checkpoint_lib.Checkpointer(os.path.join(root, "state"))
+  root = (None if workdir is None
+          else os.path.join(os.fspath(workdir), "history"))
+  loop = runloop.RunLoop(
+      "train+history", recipe.epochs,
+      checkpoint_dir=None if root is None else os.path.join(root, "state"),
+      identity=identity, checkpoint_every=1, stop_after=stop_after_epochs,
+      progress=progress, unit="epoch",
+      where=(None if workdir is None
+             else f"argument 'workdir'={os.fspath(workdir)!r}"))
+  steps_ckpt = None
+  if root is not None:
     steps_ckpt = checkpoint_lib.Checkpointer(
         os.path.join(root, "steps"), max_to_keep=max(2, recipe.epochs + 1))
-    restored = state_ckpt.restore_latest(
-        {"w": w0, "snap_p": snap_p, "snap_g": snap_g})
-    if restored is not None:
-      state, meta, _ = restored
-      if meta.get("identity") != identity:
-        raise ValueError(
-            f"{fn}: argument 'workdir'={os.fspath(workdir)!r} holds the history "
-            "of a different run (model init, data, recipe or cache settings "
-            f"differ); use a new workdir.\n  stored: {meta.get('identity')}\n"
-            f"  requested: {identity}")
-      w = jnp.asarray(state["w"])
-      snap_p, snap_g = np.array(state["snap_p"]), np.array(state["snap_g"])
-      start_epoch = int(meta["epochs_done"])
-
   x, y = jnp.asarray(images), jnp.asarray(labels)
   full = _grads.SubsetGradient(apply_fn, unravel, images, labels)
   l2 = jnp.float32(recipe.l2)
   all_kept = np.ones(n, bool)
   cache_rows: list[tuple[np.ndarray, np.ndarray]] = []  # without a workdir
-  bar = None
-  if progress:
-    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-    bar = tqdm(total=recipe.epochs, initial=start_epoch, desc="train+history",
-               unit="epoch", dynamic_ncols=True)
-  try:
-    for e in range(start_epoch, recipe.epochs):
-      idx = _sgd.epoch_batches(n, recipe.batch_size, seed=recipe.seed, epoch=e)
-      bidx, bmask = _sgd.compact_batches(idx, all_kept, recipe.batch_size)
-      out = _sgd.sgd_epoch(apply_fn, unravel, w, x, y, jnp.asarray(bidx),
-                           jnp.asarray(bmask),
-                           jnp.float32(recipe.learning_rates[e]), l2,
-                           record=stride > 0)
-      if stride > 0:
-        w, (ws, gs) = out
-        rows = [t - e * spe for t in range(e * spe, (e + 1) * spe)
-                if t % stride == 0]
-        chunk = (np.asarray(ws)[rows], np.asarray(gs)[rows])
-        if steps_ckpt is not None:
-          steps_ckpt.save(e, {"w": chunk[0], "g": chunk[1]}, {"epoch": e})
-        else:
-          cache_rows.append(chunk)
+
+  def epoch_fn(e, state, aux):
+    w, snap_p, snap_g = state["w"], np.array(state["snap_p"]), np.array(
+        state["snap_g"])
+    idx = _sgd.epoch_batches(n, recipe.batch_size, seed=recipe.seed, epoch=e)
+    bidx, bmask = _sgd.compact_batches(idx, all_kept, recipe.batch_size)
+    out = _sgd.sgd_epoch(apply_fn, unravel, jnp.asarray(w), x, y,
+                         jnp.asarray(bidx), jnp.asarray(bmask),
+                         jnp.float32(recipe.learning_rates[e]), l2,
+                         record=stride > 0)
+    if stride > 0:
+      w, (ws, gs) = out
+      rows = [t - e * spe for t in range(e * spe, (e + 1) * spe)
+              if t % stride == 0]
+      chunk = (np.asarray(ws)[rows], np.asarray(gs)[rows])
+      if steps_ckpt is not None:
+        # Written before the epoch's state, so a resumed run never lacks it.
+        steps_ckpt.save(e, {"w": chunk[0], "g": chunk[1]}, {"epoch": e})
       else:
-        w = out
-      if snapshots and e >= snap_first and e < recipe.epochs - 1:
-        j = e - snap_first
-        snap_p[j] = np.asarray(w)
-        snap_g[j] = np.asarray(full.mean(w))
-      if state_ckpt is not None:
-        state_ckpt.save(e + 1, {"w": w, "snap_p": snap_p, "snap_g": snap_g},
-                        {"identity": identity, "epochs_done": e + 1})
-      if bar is not None:
-        bar.update(1)
-      if (stop_after_epochs is not None and e + 1 >= stop_after_epochs
-          and e + 1 < recipe.epochs):
+        cache_rows.append(chunk)
+    else:
+      w = out
+    if snapshots and e >= snap_first and e < recipe.epochs - 1:
+      j = e - snap_first
+      snap_p[j] = np.asarray(w)
+      snap_g[j] = np.asarray(full.mean(w))
+    return {"w": w, "snap_p": snap_p, "snap_g": snap_g}, aux, {}
+
+  try:
+    with loop:
+      state, aux = loop.restore({"w": w0, "snap_p": snap_p, "snap_g": snap_g})
+      try:
+        result = loop.run(epoch_fn, state, aux)
+      except runloop.Preempted:
         return None
+    w = jnp.asarray(result.state["w"])
+    snap_p = np.array(result.state["snap_p"])
+    snap_g = np.array(result.state["snap_g"])
     full_grad = np.asarray(full.mean(w))
+    if stride > 0 and steps_ckpt is not None:
+      step_w, step_g = _read_step_chunks(steps_ckpt, recipe.epochs, p)
+    elif stride > 0:
+      step_w = np.concatenate([r[0] for r in cache_rows])
+      step_g = np.concatenate([r[1] for r in cache_rows])
+    else:
+      step_w = step_g = np.zeros((0, p), np.float32)
   finally:
-    if bar is not None:
-      bar.close()
+    if steps_ckpt is not None:
+      steps_ckpt.close()
   final_params = unravel(w)
-  if stride > 0 and steps_ckpt is not None:
-    step_w, step_g = _read_step_chunks(steps_ckpt, recipe.epochs, p)
-  elif stride > 0:
-    step_w = np.concatenate([r[0] for r in cache_rows])
-    step_g = np.concatenate([r[1] for r in cache_rows])
-  else:
-    step_w = step_g = np.zeros((0, p), np.float32)
   fingerprint = {
       "init_checksum": identity["init_checksum"],
       "final_checksum": checkpoint_lib.tree_checksum(final_params),
@@ -311,10 +305,8 @@ def train_with_history(apply_fn: ApplyFn, params: Params, data: Any,
       snapshot_grads=jnp.asarray(snap_g), step_params=jnp.asarray(step_w),
       step_grads=jnp.asarray(step_g), cache_stride=stride, num_examples=n,
       fingerprint=fingerprint)
-  if workdir is not None:
-    _save_final(os.path.join(os.fspath(workdir), "history"), history)
-    state_ckpt.close()
-    steps_ckpt.close()
+  if root is not None:
+    _save_final(root, history)
   return history
 
 

@@ -67,3 +67,25 @@ def test_ledger_composes_runs_and_round_trips():
         dp_accounting.PoissonSampledDpEvent(0.05, dp_accounting.GaussianDpEvent(sigma)),
         steps))
   assert ledger.epsilon() == direct.get_epsilon(1e-5)
+
+
+def test_ledger_epsilon_is_the_accountants_and_builds_each_step_pld_once():
+  accounting._one_step_pld.cache_clear()
+  ledger = accounting.PrivacyLedger(delta=1e-5)
+  ledger.record(1.1, 0.01, steps=40)
+  first = ledger.epsilon()
+  ledger.record(1.1, 0.01, steps=10)
+  ledger.record(2.0, 0.02, steps=5)
+  second = ledger.epsilon()
+  # Bit-identical to composing the same events in dp-accounting's accountant.
+  acc = pld.PLDAccountant()
+  acc.compose(accounting.dp_event(1.1, 0.01, 50))
+  acc.compose(accounting.dp_event(2.0, 0.02, 5))
+  assert second == float(acc.get_epsilon(1e-5))
+  assert first == accounting.epsilon(noise_multiplier=1.1, sample_rate=0.01,
+                                     steps=40, delta=1e-5)
+  assert second > first
+  info = accounting._one_step_pld.cache_info()
+  assert info.misses == 2 and info.hits == 1  # one build per (sigma, q)
+  assert ledger.epsilon() == second  # remembered
+  assert accounting._one_step_pld.cache_info().hits == 1

@@ -5,9 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxleak import data, models, sharding
+from jaxleak import data, dp_training, models, sharding
 from jaxleak.dp import accounting
-from jaxleak.dp import training as dp_training
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +121,11 @@ def test_bad_configs_name_the_argument(digits):
       dp_training.train_dp_classifier(
           apply_fn, params, train, test,
           dp_training.DPTrainConfig(**kwargs), progress=False)
+
+
+def test_short_runs_evaluate_once_per_epoch_not_every_step():
+  # `train-dp --epochs 2` on mnist_subset: 31 steps at q = 256 / 4000.
+  assert dp_training.default_eval_every(31, 256 / 4000) == 16
+  # Long runs: about 20 evaluations.
+  assert dp_training.default_eval_every(6250, 256 / 4000) == 312
+  assert dp_training.default_eval_every(3, 1.0) == 1

@@ -20,10 +20,9 @@ by a `PrivacyLedger` that is checkpointed with the model.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import dataclasses
 import os
-import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -31,27 +30,24 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxleak import checkpoint as checkpoint_lib
 from jaxleak import data as data_lib
 from jaxleak import models as models_lib
-from jaxleak import report
+from jaxleak import report, runloop
 from jaxleak import sharding as sharding_lib
 from jaxleak import training as training_lib
-from jaxleak._src import host_memory
-from jaxleak._src import validate
-from jaxleak.dp import accounting
-from jaxleak.dp import aggregate
-from jaxleak.dp import per_example
+from jaxleak._src import host_memory, validate
+from jaxleak.dp import accounting, aggregate, per_example
 from jaxleak.dp import weights as weights_lib
 
 __all__ = (
-    "DPTrainConfig",
-    "DPTrainResult",
-    "DPStepMetrics",
-    "make_weight_rule",
-    "make_dp_optimizer",
-    "make_dp_train_step",
-    "train_dp_classifier",
+  "DPStepMetrics",
+  "DPTrainConfig",
+  "DPTrainResult",
+  "default_eval_every",
+  "make_dp_optimizer",
+  "make_dp_train_step",
+  "make_weight_rule",
+  "train_dp_classifier",
 )
 
 
@@ -228,7 +224,7 @@ class DPTrainConfig:
     return self.expected_batch_size / n_train
 
   def num_steps(self, n_train: int) -> int:
-    return max(1, int(round(self.epochs * n_train / self.expected_batch_size)))
+    return max(1, round(self.epochs * n_train / self.expected_batch_size))
 
 
 class DPTrainResult(NamedTuple):
@@ -251,6 +247,16 @@ def _resolve_noise(config: DPTrainConfig, n_train: int) -> float:
       accountant=config.accountant)
 
 
+def default_eval_every(total_steps: int, sample_rate: float) -> int:
+  """Steps between evaluations: one epoch, or a twentieth of a long run.
+
+  Each evaluation computes epsilon (a PLD composition, about a second on a
+  CPU), so a short run (2 epochs are ~31 steps of mnist_subset) evaluates
+  once per epoch, not every step; a long one at most about 20 times.
+  """
+  return max(1, round(1 / sample_rate), int(total_steps) // 20)
+
+
 def train_dp_classifier(apply_fn, params, train: data_lib.Dataset,
                         test: data_lib.Dataset, config: DPTrainConfig, *,
                         mesh: jax.sharding.Mesh | None = None,
@@ -268,6 +274,11 @@ def train_dp_classifier(apply_fn, params, train: data_lib.Dataset,
   Checkpoints (in ``workdir/checkpoints``) hold params, optimiser state (with
   the noise key), the privacy ledger and the sampler step; rerunning resumes
   exactly.
+
+  Args:
+    eval_every: steps between evaluations (test accuracy and epsilon);
+      default `default_eval_every` (one epoch or a twentieth of the run,
+      whichever is longer). The last step is always evaluated.
 
   Returns:
     A `DPTrainResult` with the final params, evaluation history, test
@@ -294,89 +305,63 @@ def train_dp_classifier(apply_fn, params, train: data_lib.Dataset,
     microbatch = None
   sampler = data_lib.PoissonSampler(n, sample_rate=q, seed=config.seed,
                                     max_batch_size=max_b)
-  eval_every = eval_every or max(1, total_steps // 20)
+  eval_every = eval_every or default_eval_every(total_steps, q)
   optimizer = make_dp_optimizer(
       rule, sigma, jax.random.key(config.seed + 1_000_003),
       expected_batch_size=config.expected_batch_size,
       learning_rate=config.learning_rate, momentum=config.momentum)
-  opt_state = optimizer.init(params)
-  ledger = accounting.PrivacyLedger(delta=config.delta,
-                                    accountant=config.accountant)
-  identity = training_lib._canonical_json(  # pylint: disable=protected-access
-      {"config": dataclasses.asdict(config), "run": dict(run_info or {}),
-       "noise_multiplier": sigma})
+  identity = {"config": dataclasses.asdict(config), "run": dict(run_info or {}),
+              "noise_multiplier": sigma}
+  loop = runloop.RunLoop(
+      f"dp-{config.rule}", total_steps,
+      checkpoint_dir=(None if workdir is None
+                      else os.path.join(workdir, "checkpoints")),
+      identity=identity, checkpoint_every=config.checkpoint_every,
+      stop_after=preempt_after_steps, progress=progress)
+  with loop:
+    state, aux = loop.restore(
+        {"params": params, "opt_state": optimizer.init(params)},
+        {"ledger": accounting.PrivacyLedger(
+            delta=config.delta, accountant=config.accountant).to_dict(),
+         "sampler": sampler.state_dict(), "history": []})
+    ledger = accounting.PrivacyLedger.from_dict(aux["ledger"])
+    sampler.load_state_dict(aux["sampler"])
+    state = sharding_lib.replicate(mesh, state)
+    train_step = make_dp_train_step(apply_fn, rule, optimizer, mesh=mesh,
+                                    path=config.path,
+                                    microbatch_size=microbatch)
+    images, labels = np.asarray(train.images), np.asarray(train.labels)
 
-  step, resumed_from, history = 0, None, []
-  ckpt = None
-  if workdir is not None:
-    ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
-    restored = ckpt.restore_latest({"params": params, "opt_state": opt_state})
-    if restored is not None:
-      state, meta, _ = restored
-      if meta.get("identity") != identity:
-        raise ValueError(
-            f"train_dp_classifier: argument 'workdir'={os.fspath(workdir)!r} "
-            "holds a checkpoint of a different run; use a new workdir")
-      params, opt_state = state["params"], state["opt_state"]
-      step = resumed_from = int(meta["step"])
-      ledger = accounting.PrivacyLedger.from_dict(meta["ledger"])
-      sampler.load_state_dict(meta["sampler"])
-      history = list(meta["history"])
-
-  def save():
-    if ckpt is not None:
-      ckpt.save(step, {"params": params, "opt_state": opt_state}, {
-          "step": step, "identity": identity, "ledger": ledger.to_dict(),
-          "sampler": sampler.state_dict(), "history": history})
-
-  params = sharding_lib.replicate(mesh, params)
-  opt_state = sharding_lib.replicate(mesh, opt_state)
-  train_step = make_dp_train_step(apply_fn, rule, optimizer, mesh=mesh,
-                                  path=config.path, microbatch_size=microbatch)
-  images, labels = np.asarray(train.images), np.asarray(train.labels)
-  bar = None
-  if progress:
-    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-    bar = tqdm(total=total_steps, initial=step, desc=f"dp-{config.rule}",
-               unit="step", dynamic_ncols=True)
-  eps = ledger.epsilon() if step else 0.0
-  test_acc = history[-1]["test_accuracy"] if history else float("nan")
-  start = time.perf_counter()
-  try:
-    while step < total_steps:
+    def step_fn(step, state, aux):
       idx, mask = sampler.batch(step)
       batch = sharding_lib.shard_batch(mesh, (images[idx], labels[idx], mask))
-      params, opt_state, m = train_step(params, opt_state, *batch)
-      step += 1
-      sampler.load_state_dict({"seed": config.seed, "step": step})
+      params, opt_state, m = train_step(state["params"], state["opt_state"],
+                                        *batch)
+      sampler.load_state_dict({"seed": config.seed, "step": step + 1})
       ledger.record(sigma, q)
-      if step % eval_every == 0 or step == total_steps:
-        eps = ledger.epsilon()
+      aux["ledger"], aux["sampler"] = ledger.to_dict(), sampler.state_dict()
+      if (step + 1) % eval_every == 0 or step + 1 == total_steps:
         ev = training_lib.evaluate(apply_fn, params, test)
-        test_acc = ev["accuracy"]
-        history.append({"step": step, "epoch": step * q, "epsilon": eps,
-                        "train_loss": float(m.loss),
-                        "train_accuracy": float(m.accuracy),
-                        "test_loss": ev["loss"], "test_accuracy": test_acc,
-                        "num_skipped": float(m.num_skipped)})
-      if step % config.checkpoint_every == 0 or step == total_steps:
-        save()
-      if bar is not None:
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(m.loss):.3f}", acc=f"{float(m.accuracy):.3f}",
-                        test_acc=f"{test_acc:.3f}", eps=f"{eps:.2f}")
-      if preempt_after_steps is not None and step >= preempt_after_steps:
-        save()
-        raise training_lib.Preempted(f"stopped after step {step}")
-  finally:
-    if bar is not None:
-      bar.close()
-    if ckpt is not None:
-      ckpt.close()
+        aux["history"].append({
+            "step": step + 1, "epoch": (step + 1) * q,
+            "epsilon": ledger.epsilon(), "train_loss": float(m.loss),
+            "train_accuracy": float(m.accuracy), "test_loss": ev["loss"],
+            "test_accuracy": ev["accuracy"],
+            "num_skipped": float(m.num_skipped)})
+      last = aux["history"][-1] if aux["history"] else {}
+      return ({"params": params, "opt_state": opt_state}, aux,
+              {"loss": f"{float(m.loss):.3f}", "acc": f"{float(m.accuracy):.3f}",
+               "test_acc": f"{last.get('test_accuracy', float('nan')):.3f}",
+               "eps": f"{last.get('epsilon', 0.0):.2f}"})
+
+    result = loop.run(step_fn, state, aux)
+  history = result.aux["history"]
   return DPTrainResult(
-      params=jax.device_get(params), history=history, test_accuracy=test_acc,
-      epsilon=ledger.epsilon(), noise_multiplier=sigma, steps=step,
-      wall_time_s=time.perf_counter() - start, resumed_from=resumed_from)
+      params=jax.device_get(result.state["params"]), history=history,
+      test_accuracy=(history[-1]["test_accuracy"] if history
+                     else float("nan")),
+      epsilon=ledger.epsilon(), noise_multiplier=sigma, steps=result.step,
+      wall_time_s=result.wall_time_s, resumed_from=result.resumed_from)
 
 
 def write_dp_report(workdir: str, result: DPTrainResult, config: DPTrainConfig,
