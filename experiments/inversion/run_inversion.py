@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
 _CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
 
-METRICS = ("psnr", "ssim", "mse", "label_acc", "wall_time_s")
+METRICS = ("psnr", "ssim", "lpips", "mse", "label_acc", "wall_time_s")
 
 
 def run_all(cfg, workdir):

@@ -49,7 +49,17 @@ def load_splits(args: argparse.Namespace):
   from jaxleak import data  # pylint: disable=g-import-not-at-top
   train = data.load(args.dataset, "train", args.data_dir, resolution=args.resolution)
   test = data.load(args.dataset, "test", args.data_dir, resolution=args.resolution)
+  check_classes(train, args.dataset)
   return train, test
+
+
+def check_classes(dataset: Any, name: str) -> None:
+  """Refuses a dataset with fewer than 2 classes for a classifier command."""
+  if dataset.num_classes < 2:
+    raise ValueError(
+        f"argument --dataset: {name!r} has {dataset.num_classes} class(es); "
+        "training or attacking a classifier needs at least 2 (with one class "
+        "the cross-entropy and its gradient are identically zero)")
 
 
 def create_model(args: argparse.Namespace, dataset: Any, key):

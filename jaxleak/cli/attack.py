@@ -24,7 +24,26 @@ import os
 from jaxleak.cli import _common
 
 DEFENCES = ("none", "gaussian", "laplacian", "dp_clip", "topk", "quantize")
-METRICS = ("mse", "psnr", "ssim", "label_acc", "wall_time_s", "final_loss")
+METRICS = ("mse", "psnr", "ssim", "lpips", "label_acc", "wall_time_s",
+           "final_loss")
+
+# Each classic attack's defaults are the setting it is known to work in
+# (experiments/inversion/README.md): DLG's sigmoid LeNet with U(-0.5, 0.5)
+# weights, where iDLG reached >= 31.6 dB on 20/20 digits, DLG with 2
+# restarts >= 31.1 dB on 20/20, and Inverting Gradients (2000 steps) 46.9 dB
+# on average; GradInversion needs a BatchNorm model. "model" carries its
+# "init" and "norm" with it: they apply only when --model is not given.
+ATTACK_DEFAULTS: dict[str, dict[str, object]] = {
+    "dlg": {"model": "lenet", "init": "uniform", "restarts": 2},
+    "idlg": {"model": "lenet", "init": "uniform"},
+    "inverting_gradients": {"model": "lenet", "init": "uniform",
+                            "steps": 2000},
+    "grad_inversion": {"model": "convnet", "norm": "batch"},
+}
+"""Per-attack CLI defaults (flags the user did not give)."""
+CASE_DEFAULTS = {"model": "convnet", "init": "default", "norm": None}
+"""Defaults of other (registered) attacks."""
+_MODEL_KEYS = ("model", "init", "norm")
 
 
 def register(subparsers) -> None:
@@ -37,8 +56,13 @@ def register(subparsers) -> None:
                   "label accuracy over --trials private batches.")
   p.add_argument("--attack", default="inverting_gradients",
                  help="dlg, idlg, inverting_gradients, grad_inversion or any "
-                      "registered attack")
+                      "registered attack; flags not given take the attack's "
+                      "own defaults (dlg/idlg/inverting_gradients: lenet "
+                      "with uniform init; grad_inversion: convnet with "
+                      "batch norm; others: convnet)")
   _common.add_model_args(p, default="convnet")
+  # None = the attack's default (ATTACK_DEFAULTS), resolved in `run`.
+  p.set_defaults(model=None, init=None)
   p.add_argument("--norm", default=None,
                  help="normalisation for convnet/resnet18 (none, group, "
                       "batch); batch is needed by grad_inversion")
@@ -110,6 +134,28 @@ def _defence(args) -> tuple[str, dict]:
   return "none", {}
 
 
+def resolve_defaults(args) -> dict[str, object]:
+  """Fills the flags the user left unset with the attack's defaults.
+
+  Returns the flags filled from `ATTACK_DEFAULTS` (for the report).
+  """
+  own = ATTACK_DEFAULTS.get(args.attack, {})
+  filled = {}
+  model_given = args.model is not None
+  for k in _MODEL_KEYS:
+    if getattr(args, k) is None:
+      value = (own[k] if not model_given and k in own
+               else CASE_DEFAULTS[k])
+      setattr(args, k, value)
+      if k in own and not model_given:
+        filled[k] = value
+  for k, value in own.items():
+    if k not in _MODEL_KEYS and getattr(args, k, None) is None:
+      setattr(args, k, value)
+      filled[k] = value
+  return filled
+
+
 def _attack_kwargs(attack_fn, args) -> dict:
   given = {"steps": args.steps, "lr": args.lr, "restarts": args.restarts,
            "tv": args.tv, "init": args.attack_init,
@@ -156,6 +202,7 @@ def run(args) -> int:
   attack_fn = inversion.get_attack(args.attack)
   if args.trials < 1:
     raise ValueError(f"argument --trials must be >= 1, got {args.trials}")
+  defaults = resolve_defaults(args)
   kwargs = _attack_kwargs(attack_fn, args)
   defence, defence_kwargs = _defence(args)
   model_kwargs = {"norm": args.norm} if args.norm else {}
@@ -168,6 +215,10 @@ def run(args) -> int:
       local_batch_size=args.local_batch_size,
       reveal_labels=not args.hide_labels, unique_labels=args.unique_labels,
       data_dir=args.data_dir)
+  from jaxleak import data  # pylint: disable=g-import-not-at-top
+  _common.check_classes(
+      data.load(args.dataset, case.split, args.data_dir,
+                resolution=args.resolution), args.dataset)
   workdir = _common.default_workdir(f"attack-{args.attack}", args)
   os.makedirs(workdir, exist_ok=True)
 
@@ -176,6 +227,10 @@ def run(args) -> int:
   print(f"{args.attack} on {args.model}/{args.dataset}, batch "
         f"{args.batch_size}, defence {defence} {defence_kwargs or ''}, "
         f"{args.trials} trial(s); workdir {workdir}", flush=True)
+  if defaults:
+    print(f"{args.attack}'s defaults: " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in defaults.items()),
+          flush=True)
   pbar = None
   if not args.no_progress:
     from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
@@ -271,11 +326,17 @@ def run(args) -> int:
       summary=summary, tables={"Trials": rows},
       figures=figures,
       config={"hyperparams": dict(results[0].hyperparams), **config},
-      notes="Metrics: mean ± std (population) over trials; MSE/PSNR/SSIM on "
-            "[0, 1] images after optimal re-ordering, label_acc order-free.")
+      notes="Metrics: mean ± std (population) over trials; MSE/PSNR/SSIM "
+            "(and AlexNet LPIPS, lower is closer, when the [lpips] extra is "
+            "installed) on [0, 1] images after optimal re-ordering, "
+            "label_acc order-free. Flags filled from the attack's defaults: "
+            f"{defaults or 'none'}.")
+  lpips = ("" if np.isnan(summary["lpips_mean"]) else
+           f"LPIPS {summary['lpips_mean']:.3f} ± {summary['lpips_std']:.3f}, ")
   print(f"PSNR {summary['psnr_mean']:.2f} ± {summary['psnr_std']:.2f} dB, "
-        f"SSIM {summary['ssim_mean']:.3f} ± {summary['ssim_std']:.3f}, label "
-        f"accuracy {summary['label_acc_mean']:.3f} over {args.trials} "
-        f"trial(s); wrote {workdir}/metrics.json, report.md, "
-        "ground_truth_vs_reconstruction.png, loss_curve.png")
+        f"SSIM {summary['ssim_mean']:.3f} ± {summary['ssim_std']:.3f}, "
+        f"{lpips}label accuracy {summary['label_acc_mean']:.3f} over "
+        f"{args.trials} trial(s); wrote {workdir}/metrics.json, report.md, "
+        "ground_truth_vs_reconstruction.png, loss_curve.png"
+        + (", x0_trajectory.png" if traj is not None else ""))
   return 0

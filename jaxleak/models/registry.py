@@ -301,7 +301,7 @@ def create(name: str, num_classes: int, input_shape: Sequence[int],
 
   Args:
     name: one of `available()`.
-    num_classes: number of output logits (>= 1).
+    num_classes: number of output logits (>= 2).
     input_shape: (H, W, C) of one image; inputs are NHWC float32 in [0, 1].
     key: PRNG key for initialisation (an int is accepted as a seed).
     init: initialisation scheme, one of INIT_SCHEMES (see
@@ -322,9 +322,11 @@ def create(name: str, num_classes: int, input_shape: Sequence[int],
   if isinstance(key, int) and not isinstance(key, bool):
     key = jax.random.key(key)
   if (not isinstance(num_classes, int) or isinstance(num_classes, bool)
-      or num_classes < 1):
+      or num_classes < 2):
+    # One class would train and attack an identically zero cross-entropy.
     raise ValueError(
-        f"create: argument 'num_classes' must be a positive int, got {num_classes!r}")
+        f"create: argument 'num_classes' must be an int >= 2 (a classifier "
+        f"needs two classes), got {num_classes!r}")
   input_shape = _check_input_shape(input_shape)
   validate.check_choice(init, "init", INIT_SCHEMES, fn="create")
 

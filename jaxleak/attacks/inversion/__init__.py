@@ -1,7 +1,10 @@
 """Gradient inversion: threat model, label recovery, attacks, defences, metrics.
 
 Following breaching, a *case* says what the attacker sees and an *attack*
-says how it inverts; both are registries::
+says how it inverts; both are registries, and each attack module registers
+its attacks by name when it is imported. DLG, iDLG, Inverting Gradients and
+GradInversion are named `AttackConfig` option sets of one attacker,
+`gradient_matching`::
 
   from jaxleak import models
   from jaxleak.attacks import inversion
@@ -26,8 +29,10 @@ measure ``max_x ||d/dx d/dθ L||_F``.
 from jaxleak.attacks.inversion import optimize
 from jaxleak.attacks.inversion._compile import compiler_options
 from jaxleak.attacks.inversion._compile import FAST_COMPILE
+from jaxleak.attacks.inversion.attacks import AttackConfig
 from jaxleak.attacks.inversion.attacks import dlg
 from jaxleak.attacks.inversion.attacks import grad_inversion
+from jaxleak.attacks.inversion.attacks import gradient_matching
 from jaxleak.attacks.inversion.attacks import gradient_matching_attack
 from jaxleak.attacks.inversion.attacks import HYPERPARAMS
 from jaxleak.attacks.inversion.attacks import idlg
@@ -35,6 +40,8 @@ from jaxleak.attacks.inversion.attacks import INITS
 from jaxleak.attacks.inversion.attacks import inverting_gradients
 from jaxleak.attacks.inversion.attacks import make_problem
 from jaxleak.attacks.inversion.attacks import MatchingProblem
+from jaxleak.attacks.inversion.attacks import NAMED_ATTACKS
+from jaxleak.attacks.inversion.attacks import named_attack
 from jaxleak.attacks.inversion.attacks import step_decay_boundaries
 from jaxleak.attacks.inversion.cases import Case
 from jaxleak.attacks.inversion.cases import CASES
@@ -88,11 +95,9 @@ from jaxleak.attacks.inversion.threat_model import GradientObservation
 from jaxleak.attacks.inversion.threat_model import observe
 from jaxleak.attacks.inversion.theory import reconstruction_vulnerability
 
-register_attack("diffusion_dps", diffusion_dps)
-register_attack("diffusion_dsg", diffusion_dsg)
-
 __all__ = (
     "ATTACKS",
+    "AttackConfig",
     "CASES",
     "Case",
     "Compose",
@@ -113,6 +118,7 @@ __all__ = (
     "LaplacianNoise",
     "METRIC_NAMES",
     "MatchingProblem",
+    "NAMED_ATTACKS",
     "NoDefence",
     "PrivateBatch",
     "Quantize",
@@ -129,6 +135,7 @@ __all__ = (
     "evaluate",
     "get_attack",
     "grad_inversion",
+    "gradient_matching",
     "gradient_matching_attack",
     "idlg",
     "inverting_gradients",
@@ -138,6 +145,7 @@ __all__ = (
     "local_update_gradient",
     "make_defence",
     "make_problem",
+    "named_attack",
     "observe",
     "optimize",
     "recover_labels",

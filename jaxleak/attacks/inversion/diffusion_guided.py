@@ -81,6 +81,7 @@ from jaxleak.attacks.inversion import _compile
 from jaxleak._src import matmul_conv as matmul_conv_lib
 from jaxleak.attacks.inversion import labels as labels_lib
 from jaxleak.attacks.inversion import objectives
+from jaxleak.attacks.inversion import registry
 from jaxleak.attacks.inversion import results
 from jaxleak.attacks.inversion import threat_model
 
@@ -576,3 +577,7 @@ def diffusion_dsg(
       log_every=log_every, return_trajectory=return_trajectory,
       hp={"zeta": 0.0, "rate": float(guidance_rate)},
       extra={"guidance_rate": float(guidance_rate)})
+
+
+registry.register_attack("diffusion_dps", diffusion_dps)
+registry.register_attack("diffusion_dsg", diffusion_dsg)

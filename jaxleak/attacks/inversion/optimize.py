@@ -39,9 +39,13 @@ from jaxleak.attacks.inversion import _compile
 PyTree = Any
 Callback = Callable[[int, int, float], None]
 
-__all__ = ("Problem", "minimize", "LOOPS")
+__all__ = ("Problem", "minimize", "LOOPS", "ZeroObjectiveError")
 
 LOOPS = ("python", "scan")
+
+
+class ZeroObjectiveError(ValueError):
+  """The objective is exactly 0 at the initial candidate (nothing to do)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +137,7 @@ _chunk_jit = _compile.jit(_chunk, static_argnums=(0, 1), donate_argnums=(2, 3))
 
 
 def _run_once(problem, consts, z, key, steps, loop, log_every, restart,
-              callback):
+              callback, stop_if_zero_at_start=False):
   opt_state = _strong(_init_state_jit(problem, z, consts))
   z = _strong(z)
   history: list[Any] = []
@@ -149,6 +153,13 @@ def _run_once(problem, consts, z, key, steps, loop, log_every, restart,
         z, opt_state, value = _step_jit(problem, z, opt_state,
                                     jnp.int32(done + i), key, consts)
         history.append(value)
+    if stop_if_zero_at_start and done == 0:
+      # The first recorded value is the objective at the initial candidate.
+      first = float(np.ravel(np.asarray(history[0]))[0])
+      if first == 0.0:
+        raise ZeroObjectiveError(
+            f"minimize: the objective is 0 at restart {restart}'s initial "
+            "candidate")
     done += n
     if callback is not None:
       last = history[-1]
@@ -160,7 +171,8 @@ def _run_once(problem, consts, z, key, steps, loop, log_every, restart,
 
 def minimize(problem: Problem, consts: PyTree, *, key: jax.Array, steps: int,
              restarts: int = 1, loop: str = "python", log_every: int = 100,
-             callback: Callback | None = None
+             callback: Callback | None = None,
+             stop_if_zero_at_start: bool = False
              ) -> tuple[PyTree, np.ndarray, tuple[float, ...]]:
   """Runs `restarts` independent optimisations and keeps the best.
 
@@ -179,9 +191,16 @@ def minimize(problem: Problem, consts: PyTree, *, key: jax.Array, steps: int,
     log_every: steps between host synchronisations and `callback` calls (the
       chunk length of the "scan" loop).
     callback: ``callback(restart, steps_done, loss)``, e.g. a progress bar.
+    stop_if_zero_at_start: raise `ZeroObjectiveError` after the first
+      `log_every` steps of a restart whose objective was exactly 0 at its
+      initial candidate (for non-negative objectives such as gradient
+      distances, where 0 means there is nothing to minimise).
 
   Returns:
     ``(z, loss_history, restart_losses)`` for the best restart.
+
+  Raises:
+    ZeroObjectiveError: see `stop_if_zero_at_start`.
   """
   best = None
   scores = []
@@ -189,7 +208,7 @@ def minimize(problem: Problem, consts: PyTree, *, key: jax.Array, steps: int,
     k_init, k_run = jax.random.split(jax.random.fold_in(key, r))
     z0 = problem.init(k_init, consts)
     z, history = _run_once(problem, consts, z0, k_run, steps, loop, log_every,
-                           r, callback)
+                           r, callback, stop_if_zero_at_start)
     last = history[-1] if history.size else math.inf
     score = float(last) if np.isfinite(last) else math.inf
     scores.append(score)

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 from jaxleak._src import validate
-from jaxleak.attacks.inversion import attacks as attacks_lib
 from jaxleak.attacks.inversion import results
 from jaxleak.attacks.inversion import threat_model
 
@@ -27,13 +26,8 @@ __all__ = ("ATTACKS", "AttackFn", "register_attack", "get_attack",
 
 AttackFn = Callable[..., results.InversionResult]
 
-ATTACKS: dict[str, AttackFn] = {
-    "dlg": attacks_lib.dlg,
-    "idlg": attacks_lib.idlg,
-    "inverting_gradients": attacks_lib.inverting_gradients,
-    "grad_inversion": attacks_lib.grad_inversion,
-}
-"""Registered attacks by name."""
+ATTACKS: dict[str, AttackFn] = {}
+"""Registered attacks by name; each attack module registers its own."""
 
 
 def available_attacks() -> list[str]:

@@ -5,7 +5,9 @@ Metric names and definitions follow breaching so numbers are comparable:
 reports CW-SSIM, which differs) are means over the batch of per-image values
 on reconstructions clipped to [0, 1], after re-ordering them to the ground
 truth by an optimal (Hungarian) assignment; ``label_acc`` is the order-free
-multiset overlap of recovered and true labels.
+multiset overlap of recovered and true labels; ``lpips`` (AlexNet LPIPS, see
+`jaxleak.metrics.perceptual`; lower is closer) is the mean over the same
+matched pairs when the optional ``[lpips]`` extra is installed, else None.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from jaxleak import metrics as metrics_lib
 
 __all__ = ("InversionResult", "GroundTruth", "evaluate", "METRIC_NAMES")
 
-METRIC_NAMES = ("mse", "psnr", "ssim", "label_acc")
+METRIC_NAMES = ("mse", "psnr", "ssim", "lpips", "label_acc")
 
 
 class GroundTruth(NamedTuple):
@@ -82,7 +84,8 @@ class InversionResult:
 
 
 def evaluate(images: Any, labels: Any, ground_truth: Any,
-             true_labels: Any = None) -> dict[str, Any]:
+             true_labels: Any = None, *, lpips: bool | None = None
+             ) -> dict[str, Any]:
   """Scores a reconstruction against the private batch.
 
   Args:
@@ -90,11 +93,14 @@ def evaluate(images: Any, labels: Any, ground_truth: Any,
     labels: ``[B]`` recovered labels, or None.
     ground_truth: ``[B, H, W, C]`` private images in [0, 1].
     true_labels: ``[B]`` private labels, or None (then no ``label_acc``).
+    lpips: compute LPIPS; None (default) computes it when the ``[lpips]``
+      extra is installed and the images have 1 or 3 channels.
 
   Returns:
-    ``{"mse", "psnr", "ssim", "label_acc", "per_image", "permutation",
-    "ssim_filter_size"}`` as plain Python values; ``label_acc`` is None
-    without both label arrays.
+    ``{"mse", "psnr", "ssim", "lpips", "label_acc", "per_image",
+    "permutation", "ssim_filter_size"}`` as plain Python values;
+    ``label_acc`` is None without both label arrays, ``lpips`` None when not
+    computed.
   """
   rec = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
   gt = np.asarray(ground_truth, np.float32)
@@ -103,7 +109,16 @@ def evaluate(images: Any, labels: Any, ground_truth: Any,
   if labels is not None and true_labels is not None:
     acc = metrics_lib.label_accuracy(np.asarray(labels),
                                      np.asarray(true_labels))
+  if lpips is None:
+    lpips = metrics_lib.lpips_available() and gt.shape[-1] in (1, 3)
+  per_image = dict(out["per_image"])
+  mean_lpips = None
+  if lpips:
+    rec4, gt4 = (rec[None], gt[None]) if gt.ndim == 3 else (rec, gt)
+    values = metrics_lib.lpips(rec4[np.asarray(out["permutation"])], gt4)
+    per_image["lpips"] = values.tolist()
+    mean_lpips = float(values.mean())
   return {"mse": out["mse"], "psnr": out["psnr"], "ssim": out["ssim"],
-          "label_acc": acc, "per_image": out["per_image"],
+          "lpips": mean_lpips, "label_acc": acc, "per_image": per_image,
           "permutation": out["permutation"],
           "ssim_filter_size": out["ssim_filter_size"]}

@@ -78,7 +78,7 @@ class GradientObservation:
       `objectives.local_update_gradient`).
     batch_size: the number of private images B.
     image_shape: ``(H, W, C)`` of one image (the data shape is public).
-    num_classes: number of logits.
+    num_classes: number of logits (at least 2).
     labels: the private labels ``[B]`` if the attacker knows them, else None.
     bn_stats: per-BatchNorm-layer ``(mean, var)`` of the victim's batch (the
       statistics of its first local step) for BN models, else None.
@@ -126,6 +126,11 @@ class GradientObservation:
     if self.num_classes is None:
       set_("num_classes",
            _num_classes(self.apply_fn, self.params, self.image_shape))
+    if self.num_classes < 2:
+      raise ValueError(
+          f"{_FN}: argument 'num_classes' must be >= 2, got "
+          f"{self.num_classes}: a classifier over one class has an "
+          "identically zero cross-entropy, so its gradient reveals nothing")
     if self.labels is not None:
       labels = np.asarray(self.labels)
       validate.check_rank(labels, "labels", 1, fn=_FN,

@@ -1,5 +1,7 @@
 """The attacks end to end on tiny models (8x8 digits)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,10 +104,23 @@ def test_grad_inversion_uses_the_bn_prior(get_model, digits):
   x, y = digits[0][:2], digits[1][:2]
   obs = inversion.observe(apply_fn, params, x, y, key=0)
   assert obs.bn_stats is not None and len(obs.bn_stats) == 8
-  res = inversion.grad_inversion(obs, key=0, steps=30, log_every=30,
-                                 ground_truth=(x, y))
+  kw = dict(key=0, steps=30, log_every=30, ground_truth=(x, y))
+  res = inversion.grad_inversion(obs, **kw)
   assert res.loss_history[-1] < res.loss_history[0]
   assert np.isfinite(res.metrics["psnr"])
+  # The same attack with the BN weight at 0 (same start, same noise): the
+  # prior adds bn * R_BN >= 0 to the first loss, and only the attack with
+  # the prior drives the reconstruction's BN statistics towards the victim's.
+  without = inversion.grad_inversion(obs, bn=0.0, **kw)
+  assert res.loss_history[0] > without.loss_history[0] + 1e-3, (
+      res.loss_history[0], without.loss_history[0])
+
+  def bn_mismatch(images):
+    _, stats = apply_fn.with_bn_stats(params, jnp.asarray(images))
+    return float(inversion.bn_matching(stats, obs.bn_stats))
+
+  assert bn_mismatch(res.images) < 0.8 * bn_mismatch(without.images), (
+      bn_mismatch(res.images), bn_mismatch(without.images))
   plain, plain_params = get_model("convnet", width=4)
   plain_obs = inversion.observe(plain, plain_params, x, y, key=0)
   with pytest.raises(ValueError, match="needs a model with BatchNorm"):
@@ -176,3 +191,64 @@ def test_hyperparameter_and_observation_errors(digit):
     inversion.dlg({"gradient": 1}, key=0)
   with pytest.raises(ValueError, match="'ground_truth' must have"):
     inversion.idlg(obs, key=0, steps=1, ground_truth=jnp.zeros((2, 8, 8, 1)))
+
+
+def test_attacks_refuse_an_all_zero_gradient(digit):
+  # Issue 20: a flat loss (e.g. one class) gives an all-zero gradient; the
+  # attacks used to "reconstruct" their random start from it.
+  apply_fn, params, x, y = digit
+  obs = inversion.observe(apply_fn, params, x, y, key=0)
+  zero = dataclasses.replace(
+      obs, gradient=jax.tree.map(jnp.zeros_like, obs.gradient))
+  for name in ("dlg", "idlg", "inverting_gradients", "grad_inversion",
+               "diffusion_dps", "diffusion_dsg"):
+    with pytest.raises(ValueError, match=f"{name}: the observed gradient is "
+                       "all zeros"):
+      inversion.run_attack(name, zero, key=0, steps=2)
+
+
+def _bias_only(params, x):
+  """A "classifier" whose logits ignore the image: its gradient is constant."""
+  return jnp.broadcast_to(params["params"]["head"]["bias"],
+                          (x.shape[0],) + params["params"]["head"]["bias"].shape)
+
+
+def test_attack_refuses_an_objective_that_is_zero_at_the_start(digits):
+  # The gradient (w.r.t. the bias) is non-zero but the same for every image,
+  # so every candidate matches it exactly: nothing to reconstruct.
+  x, y = digits[0][:1], digits[1][:1]
+  params = {"params": {"head": {"bias": jnp.zeros((10,))}}}
+  obs = inversion.observe(_bias_only, params, x, y, key=0)
+  with pytest.raises(ValueError, match="idlg: the objective is exactly 0 at "
+                     "the initial candidate"):
+    inversion.idlg(obs, key=0, steps=3, log_every=1, optimizer="adam",
+                   label_strategy="known")
+
+
+def test_observation_needs_two_classes(digits):
+  x, y = digits[0][:1], np.zeros(1, np.int32)
+  params = {"params": {"head": {"bias": jnp.zeros((1,))}}}
+  with pytest.raises(ValueError, match="'num_classes' must be >= 2, got 1"):
+    inversion.observe(_bias_only, params, x, y, key=0)
+
+
+def test_attacks_are_option_sets_of_one_attacker(digit):
+  apply_fn, params, x, y = digit
+  obs = inversion.observe(apply_fn, params, x, y, key=0, reveal_labels=False)
+  # Each classic attack is registered by its module and is exactly
+  # `gradient_matching` with its configuration.
+  for name, config in inversion.NAMED_ATTACKS.items():
+    assert inversion.get_attack(name).config is config
+  config = inversion.NAMED_ATTACKS["idlg"].replace(steps=5, optimizer="adam",
+                                                   lr=0.05)
+  direct = inversion.gradient_matching(obs, config, key=3, name="idlg")
+  named = inversion.idlg(obs, key=3, steps=5, optimizer="adam", lr=0.05)
+  np.testing.assert_array_equal(direct.images, named.images)
+  np.testing.assert_array_equal(direct.loss_history, named.loss_history)
+  assert named.hyperparams["label_strategy"] == "idlg"
+  assert named.hyperparams["space"] == "free"
+  assert inversion.dlg.config.label_strategy == "joint"
+  with pytest.raises(TypeError, match=r"dlg: unexpected argument\(s\) \['tv'\]"):
+    inversion.dlg(obs, key=0, tv=0.1)
+  with pytest.raises(TypeError, match="unknown option"):
+    config.replace(colour="red")

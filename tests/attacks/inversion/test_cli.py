@@ -1,5 +1,6 @@
 """`jaxleak attack` end to end (in-process, tiny case)."""
 
+import argparse
 import json
 import os
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxleak.attacks import inversion
+from jaxleak.cli import attack as attack_cli
 from jaxleak.cli import main as cli
 
 
@@ -45,7 +47,7 @@ def test_attack_cli_writes_figures_metrics_and_report(tmp_path, capsys,
   with open(workdir / "metrics.json") as f:
     out = json.load(f)
   assert len(out["trials"]) == 3
-  assert set(out["mean"]) >= {"mse", "psnr", "ssim", "label_acc"}
+  assert set(out["mean"]) >= {"mse", "psnr", "ssim", "lpips", "label_acc"}
   # iDLG labels are exact for one image, so accuracy is 1 with std 0.
   assert out["mean"]["label_acc"] == 1.0 and out["std"]["label_acc"] == 0.0
   psnrs = [t["psnr"] for t in out["trials"]]
@@ -66,3 +68,42 @@ def test_attack_cli_rejects_bad_names(tmp_path, capsys):
   assert "does not accept --tv" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     cli.main(["attack", "--defence", "blur"])
+
+
+def test_classic_attacks_default_to_the_setting_they_work_in(tmp_path, capsys):
+  # Issue 20: `--attack idlg` with no model flags attacked the ConvNet (about
+  # 8 dB on MNIST); its default is now DLG's sigmoid LeNet, U(-0.5, 0.5).
+  workdir = tmp_path / "idlg"
+  assert cli.main(["attack", "--attack", "idlg", "--dataset", "digits",
+                   "--steps", "100", "--workdir", str(workdir),
+                   "--no-progress"]) == 0
+  with open(workdir / "metrics.json") as f:
+    out = json.load(f)
+  assert out["case"]["model"] == "lenet" and out["case"]["init"] == "uniform"
+  assert out["mean"]["psnr"] > 30, out["mean"]
+  assert out["mean"]["label_acc"] == 1.0
+  assert ("idlg's defaults: --model lenet --init uniform"
+          in capsys.readouterr().out)
+
+
+def _flags(attack, **given):
+  names = ("model", "init", "norm", "steps", "restarts")
+  return argparse.Namespace(attack=attack, **{k: given.get(k) for k in names})
+
+
+def test_attack_defaults_give_way_to_flags():
+  args = _flags("grad_inversion")
+  assert attack_cli.resolve_defaults(args) == {"model": "convnet",
+                                               "norm": "batch"}
+  assert (args.init, args.steps) == ("default", None)
+  # DLG's restarts stay; the model's init goes with the model.
+  args = _flags("dlg", model="convnet")
+  assert attack_cli.resolve_defaults(args) == {"restarts": 2}
+  assert (args.model, args.init, args.norm) == ("convnet", "default", None)
+  args = _flags("inverting_gradients", steps=50, init="normal")
+  assert attack_cli.resolve_defaults(args) == {"model": "lenet"}
+  assert (args.init, args.steps) == ("normal", 50)
+  # Other registered attacks keep the global defaults.
+  args = _flags("diffusion_dsg")
+  assert attack_cli.resolve_defaults(args) == {}
+  assert (args.model, args.init) == ("convnet", "default")

@@ -47,11 +47,25 @@ def test_repeated_labels_are_filled_from_the_most_negative_classes(
     get_model, digits):
   apply_fn, params = get_model("lenet")
   images, labels = digits
+  # Four images of two classes: three 2s and one 5.
+  idx = np.concatenate([np.flatnonzero(labels == 2)[:3],
+                        np.flatnonzero(labels == 5)[:1]])
+  obs = inversion.observe(apply_fn, params, images[idx], labels[idx], key=0,
+                          reveal_labels=False)
+  rec = inversion.recover_labels(obs, "analytic")
+  # The bias gradient is negative exactly for the classes present.
+  negative = [int(k) for k in np.argsort(rec.scores) if rec.scores[k] < 0]
+  assert sorted(negative) == [2, 5], rec.scores
+  # B = 4 labels from 2 negative classes: the negative classes from the most
+  # negative, then the same again in that order (never a class absent from
+  # the batch).
+  assert rec.labels.tolist() == negative + negative, (rec.labels, negative)
+  assert rec.confidence == pytest.approx(1.0)
+  # One class only: every label is that class.
   idx = np.flatnonzero(labels == 2)[:3]
   obs = inversion.observe(apply_fn, params, images[idx], labels[idx], key=0,
                           reveal_labels=False)
   rec = inversion.recover_labels(obs, "analytic")
-  assert rec.labels.shape == (3,)
-  assert 2 in rec.labels.tolist()
+  assert rec.labels.tolist() == [2, 2, 2]
   w, c = inversion.last_layer_gradient(obs.gradient, 10)
   assert w.shape[-1] == 10 and c.shape == (10,)
