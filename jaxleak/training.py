@@ -227,7 +227,7 @@ def train_classifier(apply_fn: ApplyFn, params: Any, train: data_lib.Dataset,
   if progress:
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step",
-               dynamic_ncols=True)
+               dynamic_ncols=True, mininterval=1.0)
   start_time = time.perf_counter()
   test_metrics = {"accuracy": float("nan"), "loss": float("nan")}
   if history:
@@ -261,8 +261,16 @@ def train_classifier(apply_fn: ApplyFn, params: Any, train: data_lib.Dataset,
           save(step)
         if bar is not None:
           bar.update(1)
+          # refresh=False: the bar redraws at most every `mininterval` s
+          # instead of once per step (a line per step in a log file).
           bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.4f}",
-                          test_acc=f"{test_metrics['accuracy']:.4f}")
+                          test_acc=f"{test_metrics['accuracy']:.4f}",
+                          refresh=False)
+          if end_of_epoch:
+            last = history[-1]
+            bar.write(f"epoch {last['epoch']}: train loss "
+                      f"{last['train_loss']:.4f}, test accuracy "
+                      f"{last['test_accuracy']:.4f}")
         if preempt_after_steps is not None and step >= preempt_after_steps:
           save(step)
           raise Preempted(f"stopped after step {step} (preempt_after_steps)")
