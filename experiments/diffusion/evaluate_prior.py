@@ -6,7 +6,7 @@ nearest_neighbour_ssim) and `jaxleak.training`.
 * Class-conditional prior (e.g. ``mnist``): draws ``--n`` samples with the
   labels cycling over the classes and reports the share that an independent
   ``cnn_mnist`` classifier, trained on the prior's dataset at the prior's
-  resolution, assigns to the class they were conditioned on (issue 5's
+  resolution, assigns to the class they were conditioned on (the
   "class agreement"), per class and as a confusion matrix.
 * Unconditional prior (e.g. ``lfw_faces``): draws ``--n`` samples and reports
   the SSIM from each sample to its nearest training image, next to the same

@@ -236,7 +236,7 @@ def summarise(cfg, workdir):
           for r in rows if r["predictor"] in ("i2f", small)}
   n_done = len(set(r["index"] for r in records))
   reduced = (f" **Reduced run: {n_done} images x {len(set(var))} noise levels "
-             f"= {len(records)} pairs** (the issue asks for 50 x 4; 2 shared "
+             f"= {len(records)} pairs** (the full study is 50 x 4; 2 shared "
              f"CPU cores), and reduced attack iterations (see below)."
              if n_done < 50 else "")
   notes = (cfg_doc(cfg) + "\n\n" + reduced + " Predictions are reported as "

@@ -1,4 +1,4 @@
-"""How close can a non-replaying unlearner get to retraining? (issue 8 study)
+"""How close can a non-replaying unlearner get to retraining? (a study of the unlearning sweep)
 
 The sweep's target for Mini-Unlearning at a 30% forget ratio asks for a
 smaller ``||w - w_retrain||`` than DeltaGrad's. This study measures, for one
@@ -27,7 +27,7 @@ retained objective but does not replay the original minibatch sequence:
   python experiments/unlearning/distance_study.py \\
       --config experiments/unlearning/configs/logreg.py \\
       --sweep-dir experiments/unlearning/results/logreg \\
-      --out experiments/unlearning/results/logreg/distance_study/seed0
+      --workdir experiments/unlearning/results/logreg/distance_study/seed0
 
 Uses the sweep's stored training history (``--sweep-dir/seed<s>``); writes
 ``distance_study.json``, ``distance_study.md`` and ``distance_study.png``.
@@ -66,8 +66,8 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--config", required=True)
   p.add_argument("--sweep-dir", required=True,
-                 help="the sweep's --out (its seed<s> histories are reused)")
-  p.add_argument("--out", required=True)
+                 help="the sweep's --workdir (its seed<s> histories are reused)")
+  p.add_argument("--workdir", required=True, help="output folder")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--ratio", type=float, default=0.3)
   p.add_argument("--steps", type=int, default=16)
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
   from jaxleak.unlearning import _grads, _sgd, base  # pylint: disable=g-import-not-at-top
 
   cfg = load_config(args.config)
-  os.makedirs(args.out, exist_ok=True)
+  os.makedirs(args.workdir, exist_ok=True)
   train = data.load(cfg.dataset, "train")
   kwargs = dict(cfg.model_kwargs)
   if "hidden" in kwargs:
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
   res["ridge_limit"] = [dist(w_star - e["ridge_1_over_tau"])
                         for e in estimates]
   res["wall_s"] = time.perf_counter() - t0
-  report.write_json(os.path.join(args.out, "distance_study.json"), res)
+  report.write_json(os.path.join(args.workdir, "distance_study.json"), res)
 
   # Table and figure.
   lines = [f"# Distance to retraining: what bounds a non-replaying unlearner "
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
                f"{min(res['gd_filter_limit']):.4f} |")
   lines.append(f"| ridge 1/tau limit at w*, {args.hvps} HVPs | "
                f"{res['ridge_limit'][-1]:.4f} |")
-  with open(os.path.join(args.out, "distance_study.md"), "w") as f:
+  with open(os.path.join(args.workdir, "distance_study.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   fig, ax = plt.subplots(figsize=(6.5, 4))
   for rho_tau, its in res["mini_iterates"].items():
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
   ax.legend(fontsize=7)
   ax.set_title(f"{cfg.name}, ratio {args.ratio}, seed {args.seed}")
   fig.tight_layout()
-  fig.savefig(os.path.join(args.out, "distance_study.png"), dpi=120)
+  fig.savefig(os.path.join(args.workdir, "distance_study.png"), dpi=120)
   print("\n".join(lines))
   return 0
 

@@ -1,7 +1,7 @@
 """Sweep unlearning methods over forget ratios and seeds; write a table.
 
   python experiments/unlearning/sweep.py \\
-      --config experiments/unlearning/configs/cnn_mnist.py --out runs/sweep_cnn
+      --config experiments/unlearning/configs/cnn_mnist.py --workdir runs/sweep_cnn
 
 For every seed the model is trained once with its unlearning history (stored
 in ``OUT/seed<s>``, resumable); for every ratio a random forget set is drawn
@@ -39,7 +39,7 @@ def load_config(path: str):
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--config", required=True, help="a file defining get_config()")
-  p.add_argument("--out", required=True, help="output folder")
+  p.add_argument("--workdir", required=True, help="output folder")
   p.add_argument("--devices", type=int, default=None,
                  help="virtual CPU devices to create (before jax starts)")
   p.add_argument("--seeds", default=None, help="override, e.g. 0,1")
@@ -71,8 +71,8 @@ def main(argv=None) -> int:
     cfg.ratios = tuple(float(r) for r in args.ratios.split(","))
   if args.epochs:
     cfg.epochs = args.epochs
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "config.json"), "w") as f:
+  os.makedirs(args.workdir, exist_ok=True)
+  with open(os.path.join(args.workdir, "config.json"), "w") as f:
     json.dump(cfg.to_dict(), f, indent=2, default=str)
   train = data.load(cfg.dataset, "train")
   test = data.load(cfg.dataset, "test")
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
 
   start = time.perf_counter()
   for seed in ([] if args.report_only else cfg.seeds):
-    seed_dir = os.path.join(args.out, f"seed{seed}")
+    seed_dir = os.path.join(args.workdir, f"seed{seed}")
     apply_fn, params0 = create(jax.random.key(seed))
     recipe = ul.sgd_recipe(cfg.epochs, cfg.batch_size, cfg.learning_rate,
                            schedule=cfg.schedule, l2=cfg.l2, seed=seed)
@@ -131,13 +131,13 @@ def main(argv=None) -> int:
   rows = []
   for seed in cfg.seeds:
     for ratio in cfg.ratios:
-      cell = os.path.join(args.out, f"seed{seed}", f"ratio{ratio}.json")
+      cell = os.path.join(args.workdir, f"seed{seed}", f"ratio{ratio}.json")
       if os.path.exists(cell):  # partial sweeps report what is finished
         with open(cell) as f:
           rows.extend(json.load(f)["rows"])
-  write_tables(rows, args.out, cfg, np)
+  write_tables(rows, args.workdir, cfg, np)
   print(f"sweep done in {time.perf_counter() - start:.0f} s; wrote "
-        f"{args.out}/table.md, summary.csv, results.csv, sweep.png")
+        f"{args.workdir}/table.md, summary.csv, results.csv, sweep.png")
   return 0
 
 
@@ -209,7 +209,7 @@ def write_tables(rows, out, cfg, np):
 
 
 def acceptance(summary, cfg) -> str:
-  """The issue's targets for mini_unlearning at the largest ratio."""
+  """The study's targets for mini_unlearning at the largest ratio."""
   ratio = max(cfg.ratios)
   get = {e["model"]: e for e in summary if e["ratio"] == ratio}
   if "mini_unlearning" not in get:

@@ -161,3 +161,23 @@ def check_same_structure(tree: Any, reference: Any, name: str, ref_name: str,
           f"{_where(fn)}argument '{name}' leaf {where} has shape {got}, "
           f"expected {want}{lead} to match {ref_name}"
       )
+
+
+def check_finite_number(value: Any, name: str, *, fn: str | None = None
+                        ) -> None:
+  """Raises ValueError unless `value` is a finite real number (any sign).
+
+  For hyper-parameters with no natural bound (e.g. a guidance weight), where
+  NaN or Inf would otherwise flow silently into every output.
+  """
+  if not _is_concrete(value):
+    return
+  try:
+    v = float(value)
+  except (TypeError, ValueError):
+    raise TypeError(
+        f"{_where(fn)}argument '{name}' must be a number, got {value!r}"
+    ) from None
+  if not math.isfinite(v):
+    raise ValueError(
+        f"{_where(fn)}argument '{name}' must be finite, got {value!r}")

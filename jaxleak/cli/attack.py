@@ -67,35 +67,43 @@ def register(subparsers) -> None:
                  help="normalisation for convnet/resnet18 (none, group, "
                       "batch); batch is needed by grad_inversion")
   _common.add_data_args(p)
-  p.add_argument("--batch-size", type=int, default=1,
+  p.add_argument("--batch-size", type=_common.positive_int, default=1,
                  help="private images per victim")
   p.add_argument("--unique-labels", action="store_true",
                  help="draw batches with distinct labels")
   p.add_argument("--hide-labels", action="store_true",
                  help="do not give the attacker the labels (they are "
                       "recovered from the gradient)")
-  p.add_argument("--local-steps", type=int, default=1,
+  p.add_argument("--local-steps", type=_common.positive_int, default=1,
                  help="victim's local SGD steps (fedAvg when > 1)")
-  p.add_argument("--local-lr", type=float, default=1e-3)
-  p.add_argument("--local-batch-size", type=int, default=None)
+  p.add_argument("--local-lr", type=_common.positive_float, default=1e-3,
+                 help="victim's local SGD learning rate (fedAvg)")
+  p.add_argument("--local-batch-size", type=_common.positive_int, default=None,
+                 help="victim's local minibatch (default: the whole batch)")
   d = p.add_argument_group("defence")
   d.add_argument("--defence", default="none", choices=DEFENCES)
-  d.add_argument("--noise-std", type=float, default=1e-3,
+  d.add_argument("--noise-std", type=_common.nonnegative_float, default=1e-3,
                  help="gaussian std / laplacian scale (absolute, or a "
                       "multiple of the gradient RMS with --relative-noise)")
   d.add_argument("--relative-noise", action="store_true")
-  d.add_argument("--clip", type=float, default=1.0,
+  d.add_argument("--clip", type=_common.positive_float, default=1.0,
                  help="dp_clip: per-sample L2 clipping bound C")
-  d.add_argument("--noise-multiplier", type=float, default=0.0,
+  d.add_argument("--noise-multiplier", type=_common.nonnegative_float,
+                 default=0.0,
                  help="dp_clip: noise multiplier sigma (std sigma*C)")
-  d.add_argument("--topk", type=float, default=0.1,
+  d.add_argument("--topk", type=_common.float_range(0.0, 1.0, low_open=True),
+                 default=0.1,
                  help="topk: fraction of each tensor kept")
-  d.add_argument("--bits", type=int, default=8, help="quantize: bits")
+  d.add_argument("--bits", type=_common.positive_int, default=8,
+                 help="quantize: bits")
   a = p.add_argument_group("attack hyper-parameters (default: the attack's)")
-  a.add_argument("--steps", type=int, default=None)
-  a.add_argument("--lr", type=float, default=None)
-  a.add_argument("--restarts", type=int, default=None)
-  a.add_argument("--tv", type=float, default=None,
+  a.add_argument("--steps", type=_common.positive_int, default=None,
+                 help="optimisation (or sampling) steps")
+  a.add_argument("--lr", type=_common.positive_float, default=None,
+                 help="attack learning rate")
+  a.add_argument("--restarts", type=_common.positive_int, default=None,
+                 help="random restarts (the best is kept)")
+  a.add_argument("--tv", type=_common.nonnegative_float, default=None,
                  help="total-variation weight")
   a.add_argument("--attack-init", default=None,
                  help="candidate initialisation: randn, rand or half")
@@ -106,16 +114,16 @@ def register(subparsers) -> None:
   g.add_argument("--prior", default=None,
                  help="diffusion prior: a shipped name (mnist) or a prior "
                       "folder; --steps is the number of sampling steps")
-  g.add_argument("--zeta", type=float, default=None,
+  g.add_argument("--zeta", type=_common.positive_float, default=None,
                  help="diffusion_dps guidance step size")
-  g.add_argument("--guidance-rate", type=float, default=None,
+  g.add_argument("--guidance-rate", type=_common.positive_float, default=None,
                  help="diffusion_dsg guidance rate m_r (0.2)")
-  p.add_argument("--trials", type=int, default=1,
+  p.add_argument("--trials", type=_common.positive_int, default=1,
                  help="private batches to attack; mean and std are reported")
   p.add_argument("--fast-compile", action="store_true",
                  help="compile with XLA optimisations off (quicker start, "
                       "slower steps: for short runs)")
-  _common.add_run_args(p)
+  _common.add_run_args(p, workdir="runs/attack-<attack>-<model>-<dataset>")
   p.set_defaults(func=run)
 
 
@@ -199,9 +207,11 @@ def run(args) -> int:
   from jaxleak.attacks import inversion
   # pylint: enable=g-import-not-at-top
 
+  if args.attack not in inversion.available_attacks():
+    raise ValueError(f"argument --attack: unknown attack {args.attack!r}; "
+                     f"choose from {', '.join(inversion.available_attacks())}")
+  _common.check_model_name(args)
   attack_fn = inversion.get_attack(args.attack)
-  if args.trials < 1:
-    raise ValueError(f"argument --trials must be >= 1, got {args.trials}")
   defaults = resolve_defaults(args)
   kwargs = _attack_kwargs(attack_fn, args)
   defence, defence_kwargs = _defence(args)
@@ -224,8 +234,10 @@ def run(args) -> int:
 
   steps = _default(attack_fn, "steps", kwargs, 1)
   restarts = _default(attack_fn, "restarts", kwargs, 1)
+  shown_defence = " ".join(
+      [defence] + [f"{k}={v}" for k, v in sorted(defence_kwargs.items())])
   print(f"{args.attack} on {args.model}/{args.dataset}, batch "
-        f"{args.batch_size}, defence {defence} {defence_kwargs or ''}, "
+        f"{args.batch_size}, defence {shown_defence}, "
         f"{args.trials} trial(s); workdir {workdir}", flush=True)
   if defaults:
     print(f"{args.attack}'s defaults: " + " ".join(
@@ -333,10 +345,10 @@ def run(args) -> int:
             f"{defaults or 'none'}.")
   lpips = ("" if np.isnan(summary["lpips_mean"]) else
            f"LPIPS {summary['lpips_mean']:.3f} ± {summary['lpips_std']:.3f}, ")
+  written = ["metrics.json", "report.md"] + [
+      os.path.basename(path) for path in figures.values()]
   print(f"PSNR {summary['psnr_mean']:.2f} ± {summary['psnr_std']:.2f} dB, "
         f"SSIM {summary['ssim_mean']:.3f} ± {summary['ssim_std']:.3f}, "
         f"{lpips}label accuracy {summary['label_acc_mean']:.3f} over "
-        f"{args.trials} trial(s); wrote {workdir}/metrics.json, report.md, "
-        "ground_truth_vs_reconstruction.png, loss_curve.png"
-        + (", x0_trajectory.png" if traj is not None else ""))
+        f"{args.trials} trial(s); wrote {workdir}/{', '.join(written)}")
   return 0

@@ -17,39 +17,49 @@ def register(subparsers) -> None:
                  help="per-sample weight rule (clip = DP-SGD)")
   _common.add_model_args(p, default="cnn_mnist")
   _common.add_data_args(p)
-  p.add_argument("--epsilon", type=float, default=3.0,
+  p.add_argument("--epsilon", type=_common.positive_float, default=3.0,
                  help="target epsilon for the whole run (noise is calibrated)")
-  p.add_argument("--noise-multiplier", type=float, default=None,
+  p.add_argument("--noise-multiplier", type=_common.positive_float,
+                 default=None,
                  help="use this sigma instead of calibrating to --epsilon")
-  p.add_argument("--delta", type=float, default=1e-5)
+  p.add_argument("--delta", type=_common.open_unit_float, default=1e-5,
+                 help="delta of (epsilon, delta)-DP")
   p.add_argument("--accountant", default="pld", choices=("pld", "rdp"))
-  p.add_argument("--epochs", type=float, default=20.0)
-  p.add_argument("--batch-size", type=int, default=256,
+  p.add_argument("--epochs", type=_common.positive_float, default=20.0,
+                 help="passes over the data (fractional allowed)")
+  p.add_argument("--batch-size", type=_common.positive_int, default=256,
                  help="expected batch size under Poisson sampling")
-  p.add_argument("--lr", type=float, default=1.0)
-  p.add_argument("--momentum", type=float, default=0.9,
+  p.add_argument("--lr", type=_common.positive_float, default=1.0,
+                 help="SGD learning rate")
+  p.add_argument("--momentum", type=_common.float_range(0.0, 1.0, high_open=True),
+                 default=0.9,
                  help="heavy-ball momentum on the privatised gradient (0: none)")
-  p.add_argument("--clip", type=float, default=1.0, help="C (l2_norm_clip)")
-  p.add_argument("--r", type=float, default=0.1, help="PSAC/PSASC/NSGD r")
-  p.add_argument("--s", type=float, default=1.0, help="PSASC scale s >= 1")
-  p.add_argument("--gamma", type=float, default=0.01, help="Auto-S gamma")
+  p.add_argument("--clip", type=_common.positive_float, default=1.0, help="C (l2_norm_clip)")
+  p.add_argument("--r", type=_common.positive_float, default=0.1, help="PSAC/PSASC/NSGD r")
+  p.add_argument("--s", type=_common.at_least(1.0), default=1.0, help="PSASC scale s >= 1")
+  p.add_argument("--gamma", type=_common.positive_float, default=0.01, help="Auto-S gamma")
   p.add_argument("--path", default="auto",
                  choices=("auto", "layerwise", "vmap", "two_pass"),
                  help="per-sample gradient path (auto: layerwise when every "
                  "parameter is a Dense/Conv kernel or bias, the fastest on "
                  "the benchmark; else vmap; two_pass: no B x params buffer)")
-  p.add_argument("--microbatch-size", type=int, default=None)
-  p.add_argument("--devices", type=int, default=None,
+  p.add_argument("--microbatch-size", type=_common.positive_int, default=None,
+                 help="examples per per-sample-gradient chunk (default: all)")
+  p.add_argument("--devices", type=_common.positive_int, default=None,
                  help="number of local devices to use (default: all)")
-  p.add_argument("--checkpoint-every", type=int, default=100)
-  p.add_argument("--preempt-after-steps", type=int, default=None)
-  _common.add_run_args(p)
+  p.add_argument("--checkpoint-every", type=_common.positive_int, default=100,
+                 help="steps")
+  p.add_argument("--preempt-after-steps", type=_common.positive_int,
+                 default=None, help="exit (code 75) once this step is "
+                 "checkpointed; rerun to resume")
+  _common.add_run_args(p, workdir="runs/train-dp-<rule>-<model>-<dataset>")
   p.set_defaults(func=run)
 
 
 def run(args) -> int:
   from jaxleak import runloop  # pylint: disable=g-import-not-at-top
 
+  _common.check_model_name(args)
   workdir = _common.default_workdir(f"train-dp-{args.rule}", args)
   # Checked before any data loads; removed again if the run fails empty.
   with runloop.workdir_guard(workdir):

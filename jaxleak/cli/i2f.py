@@ -16,7 +16,7 @@ prediction. The workdir receives ``risk.csv`` (one row per image, ranked from
 least to most protected), ``scatter.png`` (prediction vs attack RMSE, or
 sampled vs expected I²F without an attack), ``ranked_grid.png`` (the least
 and most protected images, with reconstructions when attacked),
-``summary.json`` and ``report.md``.
+``metrics.json`` and ``report.md``.
 """
 
 from __future__ import annotations
@@ -40,47 +40,31 @@ def register(subparsers) -> None:
   _common.add_model_args(p, default="lenet")
   _common.add_data_args(p)
   p.add_argument("--split", default="test", help="dataset split to audit")
-  p.add_argument("--n", type=int, default=50, help="images to audit")
-  p.add_argument("--noise-var", type=float, default=1e-3,
+  p.add_argument("--n", type=_common.at_least(3, int), default=50,
+                 help="images to audit (correlations need 3)")
+  p.add_argument("--noise-var", type=_common.positive_float, default=1e-3,
                  help="variance of the Gaussian gradient noise")
-  p.add_argument("--eps", type=float, default=1e-3,
+  p.add_argument("--eps", type=_common.positive_float, default=1e-3,
                  help="I²F damping (J J^T + eps I). Default 1e-3, not the "
                       "library's 1: the sigmoid LeNet's J J^T has "
                       "eigenvalues down to ~1e-4, and eps = 1 damps them so "
                       "much that images are ranked the wrong way round "
                       "(experiments/influence/README.md)")
-  p.add_argument("--probes", type=int, default=4,
+  p.add_argument("--probes", type=_common.nonnegative_int, default=4,
                  help="Hutchinson probes for sqrt(E[I^2]) (0: skip)")
   p.add_argument("--attack", default="l2", choices=tuple(ATTACKS),
                  help="attack run on the same noisy gradient to check the "
                       "prediction: l2 (iDLG objective, known label, L-BFGS), "
                       "ig (Inverting Gradients) or none")
-  p.add_argument("--attack-steps", type=int, default=300,
+  p.add_argument("--attack-steps", type=_common.positive_int, default=300,
                  help="attack iterations per image")
   p.add_argument("--fast-compile", action="store_true",
                  help="compile the attack with XLA optimisations off "
                       "(quicker start, slower steps: for short runs)")
-  p.add_argument("--show", type=int, default=8,
+  p.add_argument("--show", type=_common.positive_int, default=8,
                  help="images per row of the ranked grid")
-  _common.add_run_args(p)
+  _common.add_run_args(p, workdir="runs/i2f-<model>-<dataset>")
   p.set_defaults(func=run)
-
-
-def _check_args(args) -> None:
-  if args.n < 3:
-    raise ValueError(f"argument --n must be >= 3 (correlations need 3 "
-                     f"images), got {args.n}")
-  if not args.noise_var > 0:
-    raise ValueError(f"argument --noise-var must be > 0, got {args.noise_var}")
-  if not args.eps > 0:
-    raise ValueError(f"argument --eps must be > 0, got {args.eps}")
-  if args.attack_steps < 1:
-    raise ValueError(f"argument --attack-steps must be >= 1, got "
-                     f"{args.attack_steps}")
-  if args.probes < 0:
-    raise ValueError(f"argument --probes must be >= 0, got {args.probes}")
-  if args.show < 1:
-    raise ValueError(f"argument --show must be >= 1, got {args.show}")
 
 
 def run(args) -> int:
@@ -100,7 +84,7 @@ def run(args) -> int:
   from jaxleak.influence import audit
   # pylint: enable=g-import-not-at-top
 
-  _check_args(args)
+  _common.check_model_name(args)
   ds = data.load(args.dataset, args.split, args.data_dir,
                  resolution=args.resolution)
   indices = audit.stratified_indices(ds.labels, args.n, args.seed)
@@ -212,7 +196,7 @@ def run(args) -> int:
   metrics_lib.save_image_grid(np.stack(images),
                               os.path.join(workdir, "ranked_grid.png"),
                               nrow=k, titles=titles, row_labels=labels)
-  report.write_json(os.path.join(workdir, "summary.json"),
+  report.write_json(os.path.join(workdir, "metrics.json"),
                     {"summary": summary, "images": ranked})
   notes = ("Rows are ranked by the predicted RMSE I²F/sqrt(d_x) (rank 1 = "
            "least protected: the attacker's reconstruction moves least under "
@@ -231,5 +215,6 @@ def run(args) -> int:
     line += (f"; Pearson {summary['pearson']:.3f}, Spearman "
              f"{summary['spearman']:.3f} against the {args.attack} attack")
   print(line)
-  print(f"wrote {csv_path}, scatter.png, ranked_grid.png, report.md")
+  print(f"wrote {csv_path}, scatter.png, ranked_grid.png, metrics.json, "
+        "report.md")
   return 0

@@ -28,14 +28,19 @@ SUBCOMMANDS = (
 
 def build_parser() -> argparse.ArgumentParser:
   from jaxleak import __version__  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(
+  from jaxleak.cli import _common  # pylint: disable=g-import-not-at-top
+  parser = _common.Parser(
       prog="jaxleak",
       description="Gradient leakage and privacy research in JAX.",
+      formatter_class=_common.DefaultsHelpFormatter,
   )
   parser.add_argument("--version", action="version", version=f"jaxleak {__version__}")
   subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
   for name in SUBCOMMANDS:
     importlib.import_module(f"jaxleak.cli.{name}").register(subparsers)
+  for sub in subparsers.choices.values():
+    # Every --help lists the defaults; usage errors are one line (see Parser).
+    sub.formatter_class = _common.DefaultsHelpFormatter
   return parser
 
 
@@ -56,10 +61,23 @@ def configure_process() -> None:
   logging.getLogger("absl").setLevel(logging.WARNING)
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str):
+  for action in parser._actions:  # pylint: disable=protected-access
+    if isinstance(action, argparse._SubParsersAction):  # pylint: disable=protected-access
+      return action.choices[command]
+  raise KeyError(command)
+
+
 def main(argv: list[str] | None = None) -> int:
   configure_process()
+  from jaxleak.cli import _common  # pylint: disable=g-import-not-at-top
   parser = build_parser()
-  args = parser.parse_args(argv)
+  try:
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None):
+      _common.check_finite_args(_subparser(parser, args.command), args)
+  except SystemExit as e:  # usage error (exit 2) or --help/--version (0)
+    return e.code if isinstance(e.code, int) else 2
   if not getattr(args, "func", None):
     parser.print_help()
     return 2

@@ -44,39 +44,49 @@ def _register_train(subparsers) -> None:
   cond.add_argument("--unconditional", dest="conditional",
                     action="store_false", help="ignore labels")
   p.add_argument("--split", default="train", help="dataset split to train on")
-  p.add_argument("--block-channels", type=int, nargs="+", default=[32, 32, 64],
+  p.add_argument("--block-channels", type=_common.positive_int, nargs="+", default=[32, 32, 64],
                  help="UNet channels per level (multiples of 32)")
-  p.add_argument("--layers-per-block", type=int, default=1)
-  p.add_argument("--attention-heads", type=int, default=4)
-  p.add_argument("--cross-attention-dim", type=int, default=64,
+  p.add_argument("--layers-per-block", type=_common.positive_int, default=1,
+                 help="ResNet layers per UNet level")
+  p.add_argument("--attention-heads", type=_common.positive_int, default=4,
+                 help="heads of the cross-attention blocks")
+  p.add_argument("--cross-attention-dim", type=_common.positive_int, default=64,
                  help="width of the class embedding (conditional priors)")
-  p.add_argument("--timesteps", type=int, default=1000,
+  p.add_argument("--timesteps", type=_common.positive_int, default=1000,
                  help="diffusion steps T of the training schedule")
   p.add_argument("--schedule", default="linear", choices=("linear", "cosine"))
-  p.add_argument("--steps", type=int, default=2000, help="optimiser steps")
-  p.add_argument("--batch-size", type=int, default=64)
-  p.add_argument("--lr", type=float, default=1e-3,
+  p.add_argument("--steps", type=_common.positive_int, default=2000,
+                 help="optimiser steps")
+  p.add_argument("--batch-size", type=_common.positive_int, default=64,
+                 help="images per optimiser step (over all devices)")
+  p.add_argument("--lr", type=_common.positive_float, default=1e-3,
                  help="peak Adam learning rate (warm-up, cosine decay)")
-  p.add_argument("--warmup-steps", type=int, default=100)
-  p.add_argument("--ema-decay", type=float, default=0.999)
-  p.add_argument("--cond-drop", type=float, default=0.1,
+  p.add_argument("--warmup-steps", type=_common.nonnegative_int, default=100,
+                 help="linear learning-rate warm-up")
+  p.add_argument("--ema-decay", type=_common.float_range(0.0, 1.0, high_open=True),
+                 default=0.999, help="decay of the EMA weights (exported)")
+  p.add_argument("--cond-drop", type=_common.float_range(0.0, 1.0, high_open=True),
+                 default=0.1,
                  help="label dropout for classifier-free guidance "
                       "(conditional priors)")
   p.add_argument("--hflip", action="store_true",
                  help="random left-right flips (faces, natural images)")
-  p.add_argument("--sample-every", type=int, default=500,
+  p.add_argument("--sample-every", type=_common.nonnegative_int, default=500,
                  help="write a sample grid every N steps (0: only at the end)")
-  p.add_argument("--sample-steps", type=int, default=25,
+  p.add_argument("--sample-steps", type=_common.positive_int, default=25,
                  help="DDIM steps of the progress sample grids")
-  p.add_argument("--checkpoint-every", type=int, default=250, help="steps")
-  p.add_argument("--log-every", type=int, default=10, help="steps per "
+  p.add_argument("--checkpoint-every", type=_common.positive_int, default=250,
+                 help="steps")
+  p.add_argument("--log-every", type=_common.positive_int, default=10,
+                 help="steps per "
                  "loss-history entry")
   p.add_argument("--name", default=None,
                  help="prior name (default: the dataset name)")
-  p.add_argument("--preempt-after-steps", type=int, default=None,
+  p.add_argument("--preempt-after-steps", type=_common.positive_int,
+                 default=None,
                  help="exit (code 75) once this step is checkpointed; rerun "
                       "to resume")
-  _common.add_run_args(p)
+  _common.add_run_args(p, workdir="runs/prior-<dataset>")
   p.set_defaults(func=run_train)
 
 
@@ -217,7 +227,9 @@ def _train_prior(args, workdir: str) -> int:
                       summary=summary, figures=figures, config=info)
   print(f"final loss {final_loss:.4f} after {step} steps "
         f"({result.total_wall_time_s:.0f} s); exported the EMA prior to "
-        f"{export}; wrote {workdir}/metrics.json, report.md, loss_curve.png")
+        f"{export}; wrote {workdir}/metrics.json, report.md, loss_curve.png"
+        + (f", {len(grid_paths)} sample grid(s) in {sample_dir}"
+           if grid_paths else ""))
   return 0
 
 
@@ -232,23 +244,28 @@ def _register_sample(subparsers) -> None:
                   "report.md to --workdir.")
   p.add_argument("--prior", required=True,
                  help="shipped prior name (mnist, lfw_faces) or folder path")
-  p.add_argument("--n", type=int, default=64, help="number of samples")
-  p.add_argument("--steps", type=int, default=None,
+  p.add_argument("--n", type=_common.positive_int, default=64,
+                 help="number of samples")
+  p.add_argument("--steps", type=_common.positive_int, default=None,
                  help="DDIM steps (10 to 1000 typical; at most T). Default: "
                       "the prior's recommended sampling, else 50")
-  p.add_argument("--eta", type=float, default=None,
+  p.add_argument("--eta", type=_common.nonnegative_float, default=None,
                  help="DDIM stochasticity (0 = deterministic). Default: the "
                       "prior's recommended sampling, else 0")
-  p.add_argument("--guidance-scale", type=float, default=None,
+  p.add_argument("--guidance-scale", type=_common.finite_float, default=None,
                  help="classifier-free guidance weight (1 = none). Default: "
                       "the prior's recommended sampling, else 1")
   p.add_argument("--labels", default="cycle",
                  help="conditional priors: 'cycle' (0,1,2,...), 'null' "
                       "(unconditional), or comma-separated labels")
-  p.add_argument("--nrow", type=int, default=None, help="images per row")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--nrow", type=_common.positive_int, default=None,
+                 help="images per row")
+  p.add_argument("--seed", type=_common.nonnegative_int, default=0,
+                 help="seed of the sampling noise")
   p.add_argument("--workdir", default=None,
-                 help="output folder (default runs/sample-<prior>)")
+                 help="output folder (default runs/sample-NAME, NAME being "
+                      "the prior's recorded name: runs/sample-mnist_subset "
+                      "for --prior mnist)")
   p.set_defaults(func=run_sample)
 
 
@@ -332,6 +349,7 @@ def run_sample(args) -> int:
                       summary=summary, figures={"Samples": grid},
                       config={k: v for k, v in vars(args).items()
                               if k != "func"})
-  print(f"wrote {grid} ({args.n} samples, {args.steps} DDIM steps, "
-        f"{wall:.1f} s)")
+  print(f"{args.n} samples, {args.steps} DDIM steps, eta {args.eta:g}, "
+        f"guidance {args.guidance_scale:g} ({wall:.1f} s); wrote "
+        f"{workdir}/samples.png, samples.npz, metrics.json, report.md")
   return 0

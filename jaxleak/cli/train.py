@@ -16,21 +16,25 @@ def register(subparsers) -> None:
                   "uninterrupted run.")
   _common.add_model_args(p, default="cnn_mnist")
   _common.add_data_args(p)
-  p.add_argument("--epochs", type=int, default=20)
-  p.add_argument("--batch-size", type=int, default=64)
-  p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (cosine decay)")
-  p.add_argument("--weight-decay", type=float, default=0.0)
-  p.add_argument("--checkpoint-every", type=int, default=200, help="steps")
-  p.add_argument("--preempt-after-steps", type=int, default=None,
+  p.add_argument("--epochs", type=_common.positive_int, default=20)
+  p.add_argument("--batch-size", type=_common.positive_int, default=64)
+  p.add_argument("--lr", type=_common.positive_float, default=2e-3, help="Adam learning rate (cosine decay)")
+  p.add_argument("--weight-decay", type=_common.nonnegative_float,
+                 default=0.0, help="AdamW decoupled weight decay")
+  p.add_argument("--checkpoint-every", type=_common.positive_int, default=200,
+                 help="steps")
+  p.add_argument("--preempt-after-steps", type=_common.positive_int,
+                 default=None,
                  help="exit (code 75) after this step is checkpointed, as a "
                       "preempted job would; rerun to resume")
-  _common.add_run_args(p)
+  _common.add_run_args(p, workdir="runs/train-<model>-<dataset>")
   p.set_defaults(func=run)
 
 
 def run(args) -> int:
   from jaxleak import runloop  # pylint: disable=g-import-not-at-top
 
+  _common.check_model_name(args)
   workdir = _common.default_workdir("train", args)
   # Checked before any data loads; removed again if the run fails empty.
   with runloop.workdir_guard(workdir):

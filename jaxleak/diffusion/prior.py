@@ -380,6 +380,8 @@ def generate(prior: Prior, key: jax.Array, num_samples: int, *,
   validate.check_in_range(num_steps, "num_steps", 1,
                           prior.schedule.num_timesteps, fn=fn)
   validate.check_positive(batch_size, "batch_size", fn=fn)
+  validate.check_positive(eta, "eta", fn=fn, allow_zero=True)
+  validate.check_finite_number(guidance_scale, "guidance_scale", fn=fn)
   n = int(num_samples)
   if labels is not None:
     if not prior.conditional:

@@ -66,6 +66,8 @@ def make_eps_fn(apply_fn: Callable[..., jax.Array], params: Any,
   Returns:
     `eps_fn(x_t, t)`.
   """
+  validate.check_finite_number(guidance_scale, "guidance_scale",
+                               fn="make_eps_fn")
   if cond is None or (isinstance(guidance_scale, (int, float))
                       and guidance_scale == 1.0):
     return lambda x, t: apply_fn(params, x, t, cond)
@@ -87,6 +89,8 @@ def make_eps_fn(apply_fn: Callable[..., jax.Array], params: Any,
 def ddim_step_fn(schedule: NoiseSchedule, eps_fn: EpsFn, *, eta: float = 0.0,
                  clip_x0: bool = True) -> StepFn:
   """The unguided DDIM step as a `StepFn` (noise drawn from `key` if eta>0)."""
+  validate.check_positive(eta, "eta", fn="ddim_step_fn", allow_zero=True)
+
   def step_fn(x_t, t, t_prev, key):
     eps = eps_fn(x_t, t)
     noise = None

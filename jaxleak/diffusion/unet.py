@@ -12,7 +12,7 @@ class labels as the optional condition, and params as a plain pytree
 The function works under `jax.jit`, `jax.grad` (with respect to `x_t` and to
 `params`), `jax.vmap` and `jax.checkpoint`.
 
-Class conditioning follows the issue's design: the label's row of a learned
+Class conditioning: the label's row of a learned
 embedding table is the (length-1) cross-attention context of the UNet's
 cross-attention blocks. The table has one extra, last row: the "null" class
 used for classifier-free guidance.

@@ -229,6 +229,8 @@ def gaussian_privatizer(sensitivity: float, noise_multiplier: float,
 
 def _finish(aggregate, learning_rate, momentum, nesterov=False):
   """Post-processing after the private aggregate (costs no privacy)."""
+  if not callable(learning_rate):  # a schedule is checked by optax, not here
+    validate.check_positive(learning_rate, "learning_rate")
   if momentum is None or momentum == 0:
     tail = [optax.scale_by_learning_rate(learning_rate)]
   else:

@@ -1,4 +1,4 @@
-"""Issue 6 acceptance: DPS / DSG diffusion attacks vs Inverting Gradients.
+"""The study: DPS / DSG diffusion attacks vs Inverting Gradients.
 
 mnist_subset test images resized to 32x32 (the shipped MNIST prior's size,
 so the victim sees the prior's resolution and nothing is resized inside A;
@@ -11,7 +11,7 @@ Gaussian gradient noise with std in {0, 1e-3, 1e-2, 1e-1} x the clean
 gradient's RMS. Inverting Gradients gets the same steady-state wall-clock
 budget per reconstruction as the slower diffusion attack (calibration).
 
-The issue's 10 images (`trials`); 50 sampling steps instead of the paper's
+10 images (`trials`); 50 sampling steps instead of the paper's
 1000 DDIM steps, to fit 2 CPU cores. The first 3 trials ran in an earlier
 session; rerunning the command resumes and adds the rest.
 

@@ -1,6 +1,6 @@
 """I²F validation: prediction vs the error of real attacks on the same noisy gradient.
 
-Issue 7's acceptance study: sigmoid LeNet (U(-0.5, 0.5) weights, a new
+The validation study of I²F (Zhang et al. 2023): sigmoid LeNet (U(-0.5, 0.5) weights, a new
 initialisation per image), 28x28 mnist_subset digits (test split, stratified
 over classes), one image per gradient, labels known to the attacker. For each
 image and each noise variance, one Gaussian perturbation delta ~ N(0, var I)
@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.n_images = 50
   c.noise_vars = (1e-5, 1e-4, 1e-3, 1e-2)
   c.seed = 0
-  # The first is the issue's default eps; I²F is reported at every value
+  # The first is the library's default eps; I²F is reported at every value
   # (J J^T of this pixel-space LeNet has eigenvalues down to ~1e-4, so eps = 1
   # damps most directions; see report.md).
   c.eps_values = (1.0, 0.1, 0.01, 1e-3, 1e-4, 10.0)

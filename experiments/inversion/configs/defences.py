@@ -1,6 +1,6 @@
 """Defence table: attack PSNR versus Gaussian noise and DP clipping.
 
-Acceptance (issue 4): PSNR versus Gaussian noise std in {0, 1e-4, 1e-3, 1e-2,
+Target of this study: PSNR versus Gaussian noise std in {0, 1e-4, 1e-3, 1e-2,
 1e-1} and versus DP clipping; the attack degrades as noise grows.
 
   python experiments/inversion/run_inversion.py \\

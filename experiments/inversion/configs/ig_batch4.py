@@ -1,6 +1,7 @@
 """Inverting Gradients on the ConvNet, batches of 4 MNIST digits, 10 trials.
 
-Acceptance (issue 4): report the mean PSNR over 10 trials.
+Target (Inverting Gradients, Geiping et al. 2020): report the mean PSNR
+over 10 trials.
 
   python experiments/inversion/run_inversion.py \\
       --config experiments/inversion/configs/ig_batch4.py

@@ -1,8 +1,9 @@
 """Inverting Gradients on the ConvNet, one 32x32 sample_images crop.
 
-Acceptance (issue 4): report PSNR and SSIM. Three trials = three different
-images (indices in results.jsonl), each with its own ConvNet initialisation;
-no defence; labels known (the attacker of Geiping et al.).
+Target (Inverting Gradients, Geiping et al. 2020): report PSNR and SSIM.
+Three trials = three different images (indices in results.jsonl), each with
+its own ConvNet initialisation; no defence; labels known (the attacker of
+Geiping et al.).
 
   python experiments/inversion/run_inversion.py \\
       --config experiments/inversion/configs/ig_single.py

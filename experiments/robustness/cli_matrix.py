@@ -1,0 +1,409 @@
+"""Every `jaxleak` subcommand against bad input, hostile workdirs and SIGINT.
+
+    python experiments/robustness/cli_matrix.py --workdir runs/cli_matrix
+
+Runs each subcommand that `jaxleak.cli.main.build_parser` registers (found
+at run time, so commands added later are covered) as a subprocess, at tiny
+sizes, against:
+
+* an unknown name (--model, --attack, --prior, --method or --dataset);
+* zero, a negative number, NaN and Inf for a numeric flag of the command;
+* a read-only workdir and a workdir whose parent is a file;
+* a workdir that holds a different run (same command, other settings);
+* its newest checkpoint truncated, then every checkpoint truncated;
+* SIGINT once the first checkpoint exists (or after a few seconds), then
+  the same command again.
+
+and writes `cli_matrix.md` (one row per command, each cell the exit code and
+the first line of the message) and `cli_matrix.json` (full stdout/stderr
+tails) into --workdir. A cell is flagged **TRACEBACK** when the output holds
+a Python traceback, and **SILENT** when a bad input exits 0. Commands with
+no numeric flag, checkpoints or resumable state get "n/a" in those columns.
+Commands this script has no tiny configuration for run with their defaults
+plus --help-derived bad values; their long-running columns are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+sys.path.insert(0, ROOT)
+
+# Tiny, fast configurations: a complete run takes seconds to a minute on CPU.
+# "long" is the same command made long enough to be interrupted mid-run.
+TINY = {
+    "info": {"base": []},
+    "train": {
+        "base": ["--model", "mlp", "--dataset", "digits", "--epochs", "2",
+                 "--batch-size", "64", "--checkpoint-every", "5"],
+        "other": ["--model", "lenet"],
+        "long": ["--epochs", "200"],
+    },
+    "train-dp": {
+        "base": ["--model", "mlp", "--dataset", "digits", "--epochs", "0.5",
+                 "--batch-size", "64", "--noise-multiplier", "1.0",
+                 "--checkpoint-every", "3"],
+        "other": ["--model", "lenet"],
+        "long": ["--epochs", "50"],
+    },
+    "train-prior": {
+        "base": ["--dataset", "digits", "--resolution", "8",
+                 "--block-channels", "32", "32", "--steps", "6",
+                 "--batch-size", "8", "--sample-every", "0",
+                 "--sample-steps", "2", "--checkpoint-every", "2",
+                 "--warmup-steps", "1", "--timesteps", "50"],
+        "other": ["--lr", "5e-4"],
+        "long": ["--steps", "5000"],
+    },
+    "sample-prior": {
+        "base": ["--prior", "mnist", "--n", "2", "--steps", "2"],
+        "other": ["--prior", "lfw_faces"],
+        "long": ["--n", "64", "--steps", "500"],
+    },
+    "unlearn": {
+        "base": ["--model", "logreg", "--dataset", "digits", "--epochs", "2",
+                 "--method", "finetune", "--ratio", "0.1"],
+        "other": ["--model", "mlp"],
+        "long": ["--epochs", "500", "--no-step-cache"],
+    },
+    "attack": {
+        "base": ["--attack", "idlg", "--model", "mlp", "--dataset", "digits",
+                 "--steps", "3"],
+        "other": ["--model", "lenet"],
+        "long": ["--steps", "100000"],
+    },
+    "i2f": {
+        "base": ["--model", "mlp", "--dataset", "digits", "--n", "3",
+                 "--attack", "none", "--probes", "0"],
+        "other": ["--model", "lenet"],
+        "long": ["--n", "300", "--attack", "l2", "--attack-steps", "3000"],
+    },
+}
+
+UNKNOWN_NAME_FLAGS = ("--attack", "--method", "--prior", "--model", "--rule",
+                      "--dataset")
+INT_FLAGS = ("--batch-size", "--n", "--steps", "--epochs", "--trials")
+FLOAT_FLAGS = ("--lr", "--guidance-scale", "--noise-var", "--epsilon",
+               "--ratio", "--eps")
+
+COLUMNS = ("ok run", "unknown name", "zero", "negative", "NaN", "Inf",
+           "read-only workdir", "workdir under a file", "other run's workdir",
+           "newest ckpt truncated", "all ckpts truncated", "SIGINT",
+           "rerun after SIGINT")
+# Columns where exit 0 means a bad input was accepted.
+MUST_FAIL = {"unknown name", "zero", "negative", "NaN", "Inf",
+             "read-only workdir", "workdir under a file"}
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+  from jaxleak.cli import main as cli_main  # pylint: disable=g-import-not-at-top
+  parser = cli_main.build_parser()
+  for action in parser._actions:  # pylint: disable=protected-access
+    if isinstance(action, argparse._SubParsersAction):  # pylint: disable=protected-access
+      return dict(action.choices)
+  return {}
+
+
+def _options(sub: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+  out = {}
+  for action in sub._actions:  # pylint: disable=protected-access
+    for flag in action.option_strings:
+      out[flag] = action
+  return out
+
+
+def _is_numeric(action: argparse.Action, kind: type) -> bool:
+  if action.type is None or action.nargs not in (None, "?"):
+    return False
+  for text in ("1", "0.5"):
+    try:
+      value = action.type(text)
+    except (argparse.ArgumentTypeError, TypeError, ValueError):
+      value = None  # this text is not valid for the flag; try the next
+    if isinstance(value, kind) and not isinstance(value, bool):
+      return True
+  return False
+
+
+def pick_flags(sub: argparse.ArgumentParser) -> dict[str, str | None]:
+  opts = _options(sub)
+  pick = lambda names, ok: next((n for n in names if n in opts
+                                 and ok(opts[n])), None)
+  # A free-text name: argparse itself rejects values outside `choices`.
+  name_flag = pick(UNKNOWN_NAME_FLAGS, lambda a: a.type is None
+                   and a.nargs is None and not a.const and a.choices is None)
+  int_flag = pick(INT_FLAGS, lambda a: _is_numeric(a, int)) or pick(
+      sorted(opts), lambda a: _is_numeric(a, int))
+  float_flag = pick(FLOAT_FLAGS, lambda a: _is_numeric(a, float)) or pick(
+      sorted(opts), lambda a: _is_numeric(a, float))
+  return {"name": name_flag, "int": int_flag, "float": float_flag}
+
+
+def _with(base: list[str], extra: list[str]) -> list[str]:
+  """`base` with the flags in `extra` replaced (or added)."""
+  out, i = [], 0
+  flags = {t for t in extra if t.startswith("--")}
+  while i < len(base):
+    if base[i] in flags:
+      i += 1
+      while i < len(base) and not base[i].startswith("--"):
+        i += 1
+      continue
+    out.append(base[i])
+    i += 1
+  return out + extra
+
+
+def _env() -> dict[str, str]:
+  env = dict(os.environ)
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  env["XLA_FLAGS"] = ""
+  env.pop("JAXLEAK_DEBUG", None)
+  return env
+
+
+def run_cli(argv: list[str], timeout: float, *, sigint_when=None) -> dict:
+  """Runs `jaxleak ARGV`; with `sigint_when`, interrupts when it returns True."""
+  cmd = [sys.executable, "-m", "jaxleak.cli.main", *argv]
+  t0 = time.time()
+  proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, cwd=ROOT)
+  interrupted = False
+  if sigint_when is not None:
+    while proc.poll() is None and time.time() - t0 < timeout:
+      if sigint_when(time.time() - t0):
+        proc.send_signal(signal.SIGINT)
+        interrupted = True
+        break
+      time.sleep(0.2)
+  try:
+    out, err = proc.communicate(timeout=max(timeout - (time.time() - t0), 1))
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    out, err = proc.communicate()
+    return {"rc": "timeout", "stdout": out, "stderr": err,
+            "seconds": time.time() - t0, "interrupted": interrupted}
+  return {"rc": proc.returncode, "stdout": out, "stderr": err,
+          "seconds": time.time() - t0, "interrupted": interrupted}
+
+
+def _step_dirs(workdir: str) -> list[str]:
+  """Checkpoint step folders (named by digits) anywhere under `workdir`."""
+  found = []
+  for root, dirs, _ in os.walk(workdir):
+    found += [os.path.join(root, d) for d in dirs if d.isdigit()]
+  return sorted(found, key=lambda p: (os.path.dirname(p),
+                                      int(os.path.basename(p))))
+
+
+def _truncate(step_dir: str) -> int:
+  n = 0
+  for root, _, files in os.walk(step_dir):
+    for f in files:
+      path = os.path.join(root, f)
+      size = os.path.getsize(path)
+      if size > 0:
+        with open(path, "r+b") as fh:
+          fh.truncate(size // 2)
+        n += 1
+  return n
+
+
+def summarise(res: dict | None, column: str) -> dict:
+  if res is None:
+    return {"cell": "n/a", "flag": None}
+  err, out = res["stderr"], res["stdout"]
+  text = err if err.strip() else out
+  lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines()
+           if ln.strip() and not _is_noise(ln)]
+  first = lines[0] if lines else ""
+  if res["rc"] not in (0, "timeout") and err.strip():
+    errs = [ln.strip() for ln in err.replace("\r", "\n").splitlines()
+            if "error" in ln.lower() and not _is_noise(ln)]
+    first = errs[0] if errs else first
+  flag = None
+  if "Traceback (most recent call last)" in err + out:
+    flag = "TRACEBACK"
+  elif column in MUST_FAIL and res["rc"] == 0:
+    flag = "SILENT"
+  elif res["rc"] == "timeout":
+    flag = "TIMEOUT"
+  return {"cell": f"{res['rc']}: {first[:160]}", "flag": flag}
+
+
+def _is_noise(line: str) -> bool:
+  noise = ("Flax classes are deprecated", "%|", "it/s]", "step/s]",
+           "warnings.warn", "UserWarning")
+  return any(n in line for n in noise)
+
+
+def matrix_for(command: str, sub: argparse.ArgumentParser, root: str,
+               timeout: float) -> dict[str, dict]:
+  conf = TINY.get(command, {"base": []})
+  base = list(conf["base"])
+  has_run_flags = "--workdir" in _options(sub)
+  nopro = ["--no-progress"] if "--no-progress" in _options(sub) else []
+  flags = pick_flags(sub)
+  cells: dict[str, dict | None] = {c: None for c in COLUMNS}
+  w = lambda name: os.path.join(root, command, name)
+  wd = lambda name: (["--workdir", w(name)] if has_run_flags else [])
+
+  cells["ok run"] = run_cli(base + nopro + wd("ok"), timeout)
+  if flags["name"]:
+    cells["unknown name"] = run_cli(
+        _with(base, [flags["name"], "no_such_name"]) + nopro + wd("name"),
+        timeout)
+  for column, flag, value in (("zero", "int", "0"), ("negative", "int", "-3"),
+                              ("NaN", "float", "nan"),
+                              ("Inf", "float", "inf")):
+    if flags[flag]:
+      cells[column] = run_cli(
+          _with(base, [flags[flag], value]) + nopro + wd(column), timeout)
+  if not has_run_flags:
+    return {c: {**summarise(r, c), "raw": _tail(r)} for c, r in cells.items()}
+
+  if os.geteuid() == 0:  # root ignores permission bits: use a read-only fs
+    read_only = "/sys/jaxleak_cli_matrix_read_only"
+  else:
+    read_only = w("read_only")
+    os.makedirs(read_only, exist_ok=True)
+    os.chmod(read_only, 0o555)
+  cells["read-only workdir"] = run_cli(
+      base + nopro + ["--workdir", read_only], timeout)
+  a_file = w("a_file")
+  os.makedirs(os.path.dirname(a_file), exist_ok=True)
+  with open(a_file, "w") as f:
+    f.write("not a folder\n")
+  cells["workdir under a file"] = run_cli(
+      base + nopro + ["--workdir", os.path.join(a_file, "run")], timeout)
+
+  ok_dir = w("ok")
+  if "other" in conf and cells["ok run"]["rc"] == 0:
+    cells["other run's workdir"] = run_cli(
+        _with(base, conf["other"]) + nopro + ["--workdir", ok_dir], timeout)
+
+  steps = _step_dirs(ok_dir) if cells["ok run"]["rc"] == 0 else []
+  if steps:
+    for column, victims in (("newest ckpt truncated", "newest"),
+                            ("all ckpts truncated", "all")):
+      trunc = w(column.replace(" ", "_"))
+      shutil.rmtree(trunc, ignore_errors=True)
+      shutil.copytree(ok_dir, trunc)
+      for p in (["metrics.json", "report.md"]):
+        if os.path.exists(os.path.join(trunc, p)):
+          os.remove(os.path.join(trunc, p))
+      dirs = _step_dirs(trunc)
+      for d in (dirs[-1:] if victims == "newest" else dirs):
+        _truncate(d)
+      cells[column] = run_cli(base + nopro + ["--workdir", trunc], timeout)
+
+  if "long" in conf:
+    long_args = _with(base, conf["long"]) + nopro
+    sig_dir = w("sigint")
+    shutil.rmtree(sig_dir, ignore_errors=True)
+
+    def ready(elapsed: float) -> bool:
+      return bool(_step_dirs(sig_dir)) or elapsed > 45
+
+    first = run_cli(long_args + ["--workdir", sig_dir], timeout,
+                    sigint_when=ready)
+    cells["SIGINT"] = first
+    if first["interrupted"]:
+      # Resume, but only to check that it picks up: stop it again soon.
+      again = run_cli(long_args + ["--workdir", sig_dir], timeout,
+                      sigint_when=lambda t: t > 60)
+      cells["rerun after SIGINT"] = again
+  return {c: {**summarise(r, c), "raw": _tail(r)} for c, r in cells.items()}
+
+
+def _tail(res: dict | None) -> dict | None:
+  if res is None:
+    return None
+  return {"rc": res["rc"], "seconds": round(res["seconds"], 1),
+          "stdout": res["stdout"][-2000:], "stderr": res["stderr"][-3000:]}
+
+
+def write_markdown(results: dict[str, dict], path: str, meta: dict) -> None:
+  flagged = [(cmd, col, cell["flag"]) for cmd, row in results.items()
+             for col, cell in row.items() if cell["flag"]]
+  lines = [
+      "# Every jaxleak subcommand against bad input",
+      "",
+(      f"Generated by `python experiments/robustness/cli_matrix.py` on "
+      f"{meta['time']} ({meta['git']}); {meta['seconds']:.0f} s. Each cell: "
+      "exit code, then the first line of the error (or of the output). "
+      "**TRACEBACK**: a Python traceback was printed; **SILENT**: a bad "
+      "input exited 0. Exit codes: 0 done, 2 bad input, 75 preempted, 130 "
+      "interrupted (SIGINT). The rerun after SIGINT is itself interrupted "
+      "after 60 s; what matters there is that it resumed."),
+      "",
+      (f"Flagged cells: {len(flagged)}" + (
+          "" if not flagged else " — " + "; ".join(
+              f"{c} / {col}: {f}" for c, col, f in flagged))),
+      "",
+  ]
+  for cmd, row in results.items():
+    lines += [f"## jaxleak {cmd}", "", "| input | result |", "|---|---|"]
+    for col in COLUMNS:
+      cell = row[col]
+      text = cell["cell"].replace("|", "\\|")
+      if cell["flag"]:
+        text = f"**{cell['flag']}** {text}"
+      lines.append(f"| {col} | {text} |")
+    lines.append("")
+  with open(path, "w") as f:
+    f.write("\n".join(lines))
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--workdir", required=True, help="output folder")
+  ap.add_argument("--commands", nargs="*", default=None,
+                  help="only these subcommands (default: every one)")
+  ap.add_argument("--jobs", type=int, default=2,
+                  help="commands tested at the same time")
+  ap.add_argument("--timeout", type=float, default=600,
+                  help="seconds per jaxleak call")
+  args = ap.parse_args(argv)
+  t0 = time.time()
+  subs = subcommands()
+  commands = args.commands or list(subs)
+  unknown = sorted(set(commands) - set(subs))
+  if unknown:
+    ap.error(f"argument --commands: unknown {', '.join(unknown)}")
+  scratch = os.path.join(os.path.abspath(args.workdir), "scratch")
+  shutil.rmtree(scratch, ignore_errors=True)
+  results = {}
+  with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+    futures = {c: pool.submit(matrix_for, c, subs[c], scratch, args.timeout)
+               for c in commands}
+    for c in commands:
+      results[c] = futures[c].result()
+      flagged = [col for col, cell in results[c].items() if cell["flag"]]
+      print(f"{c}: done ({len(flagged)} flagged: {', '.join(flagged)})",
+            flush=True)
+  git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                       capture_output=True, text=True, check=False
+                       ).stdout.strip()
+  meta = {"time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+          "git": f"commit {git}", "seconds": time.time() - t0}
+  os.makedirs(args.workdir, exist_ok=True)
+  with open(os.path.join(args.workdir, "cli_matrix.json"), "w") as f:
+    json.dump({"meta": meta, "results": results}, f, indent=1)
+  write_markdown(results, os.path.join(args.workdir, "cli_matrix.md"), meta)
+  print(f"wrote {args.workdir}/cli_matrix.md, cli_matrix.json")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
