@@ -86,10 +86,14 @@ from jaxleak.attacks.inversion.results import InversionResult
 from jaxleak.attacks.inversion.results import METRIC_NAMES
 from jaxleak.attacks.inversion.threat_model import GradientObservation
 from jaxleak.attacks.inversion.threat_model import observe
+from jaxleak.attacks.inversion import user_level
+from jaxleak.attacks.inversion.user_level import user_level_diffusion
+from jaxleak.attacks.inversion.user_level import UserLevelResult
 from jaxleak.attacks.inversion.theory import reconstruction_vulnerability
 
 register_attack("diffusion_dps", diffusion_dps)
 register_attack("diffusion_dsg", diffusion_dsg)
+register_attack("user_level_diffusion", user_level_diffusion)
 
 __all__ = (
     "ATTACKS",
@@ -151,6 +155,9 @@ __all__ = (
     "theory",
     "total_variation",
     "trainable",
+    "user_level",
+    "user_level_diffusion",
+    "UserLevelResult",
     "tree_rms",
     "victim_gradient",
     "victim_gradient_and_bn_stats",
