@@ -74,11 +74,12 @@ from jaxleak.attacks.inversion import results
 from jaxleak.attacks.inversion import threat_model
 
 __all__ = (
-    "UserLevelResult",
     "RepresentativeProblem",
-    "default_stages",
+    "UserLevelResult",
     "check_stages",
+    "default_stages",
     "majority_label",
+    "run_chain",
     "user_level_diffusion",
 )
 
@@ -116,7 +117,7 @@ def default_stages(num_steps: int, iterations: int
   """
   starts = sorted({0, num_steps // 5, (2 * num_steps) // 5})
   shares = {1: (1.0,), 2: (0.6, 0.4), 3: (0.5, 0.3, 0.2)}[len(starts)]
-  counts = [int(round(iterations * s)) for s in shares]
+  counts = [round(iterations * s) for s in shares]
   counts[0] += iterations - sum(counts)
   return tuple((s, n) for s, n in zip(starts, counts) if n > 0)
 
@@ -140,7 +141,7 @@ def check_stages(stages: Any, num_steps: int, fn: str = FN
   for s, n in pairs:
     for v, what in ((s, "start"), (n, "iterations")):
       if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise ValueError(f"{fn}: argument 'stages' must hold int pairs, got "
+        raise TypeError(f"{fn}: argument 'stages' must hold int pairs, got "
                          f"{what} {v!r}")
     if not 0 <= s < num_steps:
       raise ValueError(f"{fn}: argument 'stages' has start {s} outside the "
@@ -447,11 +448,12 @@ def user_level_diffusion(
       counts = np.bincount(np.asarray(gt_labels), minlength=max(
           observation.num_classes, y + 1))
       metrics["majority_label_correct"] = bool(counts[y] == counts.max())
-  hyper = dict(prior=prior.name, steps=steps, window=window, lr=float(lr),
-               tv=float(tv), distance=distance, num_representatives=k,
-               class_conditional=use_cond, clip_x0=bool(clip_x0),
-               checkpoint=bool(checkpoint), matmul_conv=bool(matmul_conv),
-               label_strategy=how, stages=[list(s) for s in stages])
+  hyper = {"prior": prior.name, "steps": steps, "window": window,
+           "lr": float(lr), "tv": float(tv), "distance": distance,
+           "num_representatives": k, "class_conditional": use_cond,
+           "clip_x0": bool(clip_x0), "checkpoint": bool(checkpoint),
+           "matmul_conv": bool(matmul_conv), "label_strategy": how,
+           "stages": [list(s) for s in stages]}
   return UserLevelResult(
       attack=FN, images=images, labels=np.full((k,), y, np.int32),
       loss_history=history, wall_time_s=time.perf_counter() - t_start,
