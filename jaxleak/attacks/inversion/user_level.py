@@ -79,12 +79,15 @@ __all__ = (
     "check_stages",
     "default_stages",
     "majority_label",
+    "prior_representative",
     "run_chain",
+    "stepwise_value_and_grad",
     "user_level_diffusion",
 )
 
 Array = jax.Array
 FN = "user_level_diffusion"
+LOOPS = ("fused", "stepwise")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -262,10 +265,10 @@ class RepresentativeProblem:
     x0 = diffusion.x0_hat(schedule, x, t, eps)  # Identity at t = -1.
     return jnp.where(t < 0, x, x0)
 
-  def loss(self, z: Array, consts: dict[str, Any], start: Array) -> Array:
-    """``D(A(img(x̂₀(z)), ȳ), g) + α TV(img(x̂₀(z)))``."""
-    img = _victim_images(self.decode(consts, z, start), self.victim_shape)
-    labels = jnp.full((z.shape[0],), consts["label"], jnp.int32)
+  def objective(self, x0: Array, consts: dict[str, Any]) -> Array:
+    """``D(A(img(x0), ȳ), g) + α TV(img(x0))`` for diffusion-space x0."""
+    img = _victim_images(x0, self.victim_shape)
+    labels = jnp.full((x0.shape[0],), consts["label"], jnp.int32)
     with (_matmul_conv.intercept() if self.matmul_conv
           else contextlib.nullcontext()):
       grads = objectives.local_update_gradient(
@@ -280,6 +283,25 @@ class RepresentativeProblem:
           jnp.maximum(objectives.tree_sq_norm(target), 1e-30))
     return d + consts["tv"] * objectives.total_variation(img)
 
+  def loss(self, z: Array, consts: dict[str, Any], start: Array) -> Array:
+    """The objective of the latent at chain index `start` (window + x̂₀)."""
+    return self.objective(self.decode(consts, z, start), consts)
+
+  def tweedie_loss(self, x: Array, consts: dict[str, Any], t: Array
+                   ) -> Array:
+    """The objective at the Tweedie estimate from x at timestep t."""
+    from jaxleak import diffusion  # pylint: disable=g-import-not-at-top
+    eps = self.eps(consts["prior"], x, t, consts["cond"])
+    x0 = jnp.where(t < 0, x, diffusion.x0_hat(consts["schedule"], x, t, eps))
+    return self.objective(x0, consts)
+
+  def chain_step(self, consts: dict[str, Any], x: Array, t: Array,
+                 t_prev: Array) -> Array:
+    """One UNet call and DDIM step (no checkpoint: a single call)."""
+    eps = self.unet_apply(consts["prior"], x,
+                          jnp.broadcast_to(t, (x.shape[0],)), consts["cond"])
+    return self.ddim(consts["schedule"], x, t, t_prev, eps)
+
 
 @_compile.jit(static_argnums=0)
 def _adam_step(problem: RepresentativeProblem, consts, z, opt_state, start,
@@ -291,9 +313,48 @@ def _adam_step(problem: RepresentativeProblem, consts, z, opt_state, start,
 
 @_compile.jit(static_argnums=0)
 def _chain_step(problem: RepresentativeProblem, consts, x, t, t_prev):
-  eps = problem.unet_apply(consts["prior"], x,
-                           jnp.broadcast_to(t, (x.shape[0],)), consts["cond"])
-  return problem.ddim(consts["schedule"], x, t, t_prev, eps)
+  return problem.chain_step(consts, x, t, t_prev)
+
+
+@_compile.jit(static_argnums=0)
+def _chain_step_vjp(problem: RepresentativeProblem, consts, x, t, t_prev,
+                    cotangent):
+  _, vjp = jax.vjp(lambda x: problem.chain_step(consts, x, t, t_prev), x)
+  return vjp(cotangent)[0]
+
+
+@_compile.jit(static_argnums=0)
+def _tweedie_value_and_grad(problem: RepresentativeProblem, consts, x, t):
+  return jax.value_and_grad(problem.tweedie_loss)(x, consts, t)
+
+
+@jax.jit
+def _adam_update(z, grad, opt_state, lr):
+  updates, opt_state = optax.scale_by_adam().update(grad, opt_state)
+  return z - lr * updates, opt_state
+
+
+def stepwise_value_and_grad(problem: RepresentativeProblem, consts, ts,
+                            z: Array, start: int) -> tuple[Array, Array]:
+  """``problem.loss`` and its gradient, with the window done step by step.
+
+  The vjp of each DDIM step recomputes its UNet call from the stored input
+  (checkpointing by hand), from three small compiled programs reused for
+  every step, stage and chain length instead of one program holding w + 1
+  UNet calls, which XLA:CPU takes minutes to compile. Identity steps past
+  the chain's end are skipped. `ts` is the padded chain as host scalars.
+  """
+  steps = len(ts) - problem.window - 1
+  w = min(problem.window, steps - start)
+  xs = [z]
+  for j in range(w):
+    xs.append(_chain_step(problem, consts, xs[-1], ts[start + j],
+                          ts[start + j + 1]))
+  loss, g = _tweedie_value_and_grad(problem, consts, xs[w], ts[start + w])
+  for j in reversed(range(w)):
+    g = _chain_step_vjp(problem, consts, xs[j], ts[start + j],
+                        ts[start + j + 1], g)
+  return loss, g
 
 
 def run_chain(problem: RepresentativeProblem, consts: dict[str, Any],
@@ -303,6 +364,38 @@ def run_chain(problem: RepresentativeProblem, consts: dict[str, Any],
   for i in range(start, stop):
     x = _chain_step(problem, consts, x, ts[i], ts[i + 1])
   return x
+
+
+def prior_representative(prior: Any, key: Any,
+                         victim_shape: tuple[int, int, int], *,
+                         steps: int = 20, num: int = 1,
+                         clip_x0: bool = True) -> np.ndarray:
+  """The "prior alone" baseline: the unguided chain from random noise.
+
+  Same chain, starting latent (``key``) and image bridge as
+  `user_level_diffusion`, with no gradient guidance; ``[num, H, W, C]``.
+  """
+  from jaxleak import diffusion  # pylint: disable=g-import-not-at-top
+  fn = "prior_representative"
+  key = threat_model.canonical_key(key, fn)
+  prior = _load_prior(prior, fn)
+  problem = RepresentativeProblem(
+      unet_apply=prior.apply_fn, victim_apply=None,
+      prior_shape=tuple(prior.image_shape),
+      victim_shape=tuple(victim_shape), window=1, clip_x0=bool(clip_x0))
+  ts = diffusion.ddim_timesteps(prior.schedule.num_timesteps, steps)
+  consts = {"prior": prior.params, "schedule": prior.schedule,
+            "timesteps": jnp.asarray(np.append(ts, -1), jnp.int32),
+            "cond": None}
+  z = jax.random.normal(key, (num,) + tuple(prior.image_shape), jnp.float32)
+  x0 = run_chain(problem, consts, z, 0, steps)
+  return np.asarray(jnp.clip(_victim_images(x0, problem.victim_shape), 0.0,
+                             1.0), np.float32)
+
+
+def _load_prior(prior: Any, fn: str):
+  from jaxleak.attacks.inversion import diffusion_guided  # pylint: disable=g-import-not-at-top
+  return diffusion_guided._load_prior(prior, fn)  # pylint: disable=protected-access
 
 
 # ----------------------------------------------------------------------------
@@ -317,7 +410,7 @@ def user_level_diffusion(
     lr: float = 0.05, tv: float = 0.0, distance: str = "cosine",
     num_representatives: int = 1, class_conditional: bool = False,
     clip_x0: bool = True, checkpoint: bool = True, matmul_conv: bool = True,
-    log_every: int = 10) -> UserLevelResult:
+    loop: str | None = None, log_every: int = 10) -> UserLevelResult:
   """Recovers representative image(s) of a user's batch from its gradient.
 
   See the module docstring for the objective, time schedule and sliding
@@ -347,6 +440,12 @@ def user_level_diffusion(
     clip_x0: clip x̂₀ inside each DDIM step (as the prior's sampler).
     checkpoint: ``jax.checkpoint`` each UNet call in the window.
     matmul_conv: victim convolutions with matrix-product kernel derivatives.
+    loop: "fused" (one jit-compiled Adam step per iteration, the window's
+      w + 1 UNet calls in one program) or "stepwise" (the same gradient
+      from one compiled DDIM step, its vjp and the Tweedie objective, run
+      w times each: compiles in a fraction of the time on CPU, where a
+      fused program with several UNet calls takes minutes to compile).
+      None: "stepwise" on the CPU backend, "fused" on accelerators.
     log_every: iterations between callbacks.
 
   Returns:
@@ -359,7 +458,6 @@ def user_level_diffusion(
   t_start = time.perf_counter()
   from jaxleak import diffusion  # pylint: disable=g-import-not-at-top
   from jaxleak import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  from jaxleak.attacks.inversion import diffusion_guided  # pylint: disable=g-import-not-at-top
   if not isinstance(observation, threat_model.GradientObservation):
     raise TypeError(f"{FN}: argument 'observation' must be a "
                     "GradientObservation (see observe), got "
@@ -372,9 +470,12 @@ def user_level_diffusion(
   log_every = positive(log_every, "log_every", FN)
   window = steps if window is None else positive(window, "window", FN)
   validate.check_choice(distance, "distance", ("cosine", "l2"), fn=FN)
+  if loop is None:
+    loop = "stepwise" if jax.default_backend() == "cpu" else "fused"
+  validate.check_choice(loop, "loop", LOOPS, fn=FN)
   validate.check_positive(lr, "lr", fn=FN)
   validate.check_positive(tv, "tv", fn=FN, allow_zero=True)
-  prior = diffusion_guided._load_prior(prior, FN)  # pylint: disable=protected-access
+  prior = _load_prior(prior, FN)
   validate.check_in_range(steps, "steps", 1, prior.schedule.num_timesteps,
                           fn=FN)
   if window > steps:
@@ -413,6 +514,7 @@ def user_level_diffusion(
             "label": jnp.asarray(y, jnp.int32),
             "tv": jnp.asarray(tv, jnp.float32)}
 
+  ts_host = [jnp.asarray(v, jnp.int32) for v in padded]
   z = jax.random.normal(key, (k,) + tuple(prior.image_shape), jnp.float32)
   z = run_chain(problem, consts, z, 0, stages[0][0])  # An optional z_t start.
   history, done, position = [], 0, stages[0][0]
@@ -423,8 +525,12 @@ def user_level_diffusion(
     opt_state = optax.scale_by_adam().init(z)
     start_arr = jnp.asarray(start, jnp.int32)
     for _ in range(n):
-      z, opt_state, loss = _adam_step(problem, consts, z, opt_state,
-                                      start_arr, lr_arr)
+      if loop == "fused":
+        z, opt_state, loss = _adam_step(problem, consts, z, opt_state,
+                                        start_arr, lr_arr)
+      else:
+        loss, g = stepwise_value_and_grad(problem, consts, ts_host, z, start)
+        z, opt_state = _adam_update(z, g, opt_state, lr_arr)
       history.append(loss)
       done += 1
       if callback is not None and (done % log_every == 0
@@ -452,7 +558,8 @@ def user_level_diffusion(
            "lr": float(lr), "tv": float(tv), "distance": distance,
            "num_representatives": k, "class_conditional": use_cond,
            "clip_x0": bool(clip_x0), "checkpoint": bool(checkpoint),
-           "matmul_conv": bool(matmul_conv), "label_strategy": how,
+           "matmul_conv": bool(matmul_conv), "loop": loop,
+           "label_strategy": how,
            "stages": [list(s) for s in stages]}
   return UserLevelResult(
       attack=FN, images=images, labels=np.full((k,), y, np.int32),

@@ -102,6 +102,22 @@ def test_window_covering_chain_equals_full_chain_gradient(prior, user):
                                atol=2e-4 * float(jnp.abs(ref_grad).max()))
 
 
+def test_stepwise_gradient_equals_fused(prior, user):
+  apply_fn, params, x, y = user
+  obs = inversion.observe(apply_fn, params, x, y, key=0)
+  z = jax.random.normal(jax.random.key(2), (1, 16, 16, 1))
+  problem = _problem(prior, obs, 2)
+  consts = _consts(prior, obs, 2)
+  ts = [jnp.asarray(v) for v in np.asarray(consts["timesteps"])]
+  fused = _jit(jax.value_and_grad(problem.loss))
+  for start in (1, 3):  # Inside the chain; overhanging its end.
+    loss, grad = ul.stepwise_value_and_grad(problem, consts, ts, z, start)
+    ref_loss, ref_grad = fused(z, consts, jnp.asarray(start))
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad, ref_grad, rtol=2e-4,
+                               atol=2e-4 * float(jnp.abs(ref_grad).max()))
+
+
 def test_short_window_uses_tweedie_estimate(prior, user):
   apply_fn, params, x, y = user
   obs = inversion.observe(apply_fn, params, x, y, key=0)
@@ -126,6 +142,7 @@ def test_attack_end_to_end_tiny(prior, user):
   res = inversion.run_attack(
       "user_level_diffusion", obs, key=0, prior=prior, steps=STEPS,
       stages=((0, 3), (2, 2)), window=2, lr=0.1, num_representatives=2,
+      loop="stepwise",
       ground_truth=(x, y), callback=lambda *a: seen.append(a), log_every=1)
   assert isinstance(res, inversion.UserLevelResult)
   assert res.images.shape == (2, 16, 16, 1)
@@ -168,6 +185,7 @@ def test_default_stages():
     ({"stages": ()}, "at least one"),
     ({"stages": 3}, "sequence of \\(start, iterations\\) pairs"),
     ({"distance": "l1"}, "'distance' must be one of"),
+    ({"loop": "scan"}, "'loop' must be one of"),
     ({"lr": -1.0}, "'lr'"),
     ({"num_representatives": 0}, "'num_representatives'"),
     ({"steps": 1001}, "'steps'"),
