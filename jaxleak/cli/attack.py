@@ -39,6 +39,7 @@ ATTACK_DEFAULTS: dict[str, dict[str, object]] = {
     "inverting_gradients": {"model": "lenet", "init": "uniform",
                             "steps": 2000},
     "grad_inversion": {"model": "convnet", "norm": "batch"},
+    "user_level_diffusion": {"model": "cnn_mnist"},
 }
 """Per-attack CLI defaults (flags the user did not give)."""
 CASE_DEFAULTS = {"model": "convnet", "init": "default", "norm": None}
@@ -118,6 +119,24 @@ def register(subparsers) -> None:
                  help="diffusion_dps guidance step size")
   g.add_argument("--guidance-rate", type=_common.positive_float, default=None,
                  help="diffusion_dsg guidance rate m_r (0.2)")
+  u = p.add_argument_group(
+      "user-level attacks (user_level_diffusion): with --users, each of N "
+      "users shares the gradient of its whole --batch-size batch and the "
+      "attack returns one representative image per user; the victim "
+      "(--model, default cnn_mnist) and an MLP judge are trained first")
+  u.add_argument("--users", type=_common.positive_int, default=None,
+                 help="number of users (enables the user-level setting)")
+  u.add_argument("--user-mode", default="label",
+                 help="label (a user's images share one class) or dominant "
+                      "(one class holds --share of the batch)")
+  u.add_argument("--share", type=_common.float_range(0.0, 1.0, low_open=True), default=0.7,
+                 help="dominant users: the majority class's share")
+  u.add_argument("--iterations", type=_common.positive_int, default=None,
+                 help="Adam iterations on the latent (200)")
+  u.add_argument("--window", type=_common.positive_int, default=None,
+                 help="DDIM steps back-propagated through (4)")
+  u.add_argument("--num-representatives", type=_common.positive_int, default=None,
+                 help="representative images per user (1)")
   p.add_argument("--trials", type=_common.positive_int, default=1,
                  help="private batches to attack; mean and std are reported")
   p.add_argument("--fast-compile", action="store_true",
@@ -168,7 +187,9 @@ def _attack_kwargs(attack_fn, args) -> dict:
   given = {"steps": args.steps, "lr": args.lr, "restarts": args.restarts,
            "tv": args.tv, "init": args.attack_init,
            "label_strategy": args.label_strategy, "prior": args.prior,
-           "zeta": args.zeta, "guidance_rate": args.guidance_rate}
+           "zeta": args.zeta, "guidance_rate": args.guidance_rate,
+           "iterations": args.iterations, "window": args.window,
+           "num_representatives": args.num_representatives}
   given = {k: v for k, v in given.items() if v is not None}
   accepted = inspect.signature(attack_fn).parameters
   unknown = sorted(set(given) - set(accepted))
@@ -212,9 +233,15 @@ def run(args) -> int:
                      f"choose from {', '.join(inversion.available_attacks())}")
   _common.check_model_name(args)
   attack_fn = inversion.get_attack(args.attack)
+  if args.users is None and args.attack == "user_level_diffusion":
+    raise ValueError("argument --users is required with --attack "
+                     "user_level_diffusion (e.g. --users 20)")
   defaults = resolve_defaults(args)
   kwargs = _attack_kwargs(attack_fn, args)
   defence, defence_kwargs = _defence(args)
+  if args.users is not None:
+    from jaxleak.cli import user_level  # pylint: disable=g-import-not-at-top
+    return user_level.run(args, attack_fn, kwargs, (defence, defence_kwargs))
   model_kwargs = {"norm": args.norm} if args.norm else {}
   case = inversion.Case(
       model=args.model, dataset=args.dataset, batch_size=args.batch_size,

@@ -385,38 +385,63 @@ class PoissonSampler:
 # User-level partitions.
 
 
-def partition_users(dataset: Dataset, n_users: int,
-                    by: Literal["label", "random"] = "label", *,
+USER_MODES = ("label", "dominant", "random")
+
+
+def partition_users(dataset: Dataset, users: int,
+                    mode: Literal["label", "dominant", "random"] = "label", *,
+                    batch_size: int | None = None, share: float = 0.7,
                     seed: int = 0) -> list[Dataset]:
-  """Splits a dataset into `n_users` disjoint per-user datasets.
+  """Splits a dataset into `users` disjoint per-user datasets.
 
-  Both modes give every example to exactly one user and give users equal
-  sizes (they differ by at most one example: `np.array_split`).
+  Without `batch_size` every example goes to exactly one user and users get
+  equal sizes (they differ by at most one example: `np.array_split`):
 
-  * by="random": a seeded random permutation of the examples is cut into
-    `n_users` consecutive chunks (IID users).
-  * by="label" (non-IID): examples are ordered by label, classes in
+  * mode="random": a seeded random permutation of the examples is cut into
+    `users` consecutive chunks (IID users).
+  * mode="label" (non-IID): examples are ordered by label, classes in
     ascending order, with the order *within* each class shuffled by `seed`;
-    that sequence is cut into `n_users` contiguous chunks. Each user thus
+    that sequence is cut into `users` contiguous chunks. Each user thus
     holds a contiguous range of classes: with C classes of equal size and
-    n_users <= C, about C / n_users classes (at most ceil(C / n_users) + 1
-    when a chunk boundary falls inside a class); with n_users > C, several
-    users share a class and each holds one or two classes.
+    users <= C, about C / users classes (at most ceil(C / users) + 1 when a
+    chunk boundary falls inside a class); with users > C, several users
+    share a class and each holds one or two classes.
+
+  With `batch_size` = B every user gets exactly B examples, drawn without
+  replacement (users stay disjoint; the rest of the dataset is left out).
+  This is the user-level inversion setting, where a user's batch shares a
+  private attribute (Li et al., "Exploring User-level Gradient Inversion
+  with a Diffusion Prior", arXiv 2409.07291):
+
+  * mode="label": all B examples of user i share one class, the i-th class
+    in a round robin over the sorted classes (user 0 class 0, user 1 class 1,
+    ..., user C class 0 again).
+  * mode="dominant": user i's round-robin class holds ``round(share * B)``
+    of its batch (at least 1) and the other examples are drawn uniformly
+    from the other classes, so the attribute is a distribution, not a
+    constant. The dominant share is honoured exactly.
+  * mode="random": B examples drawn uniformly (IID users).
 
   Within each user, examples keep their dataset order.
 
   Args:
     dataset: the Dataset to partition.
-    n_users: number of users, in [1, len(dataset)].
-    by: "label" or "random".
+    users: number of users, in [1, len(dataset)].
+    mode: "label", "dominant" or "random" ("dominant" needs `batch_size`).
+    batch_size: examples per user, or None to split the whole dataset.
+    share: the dominant class's share of a batch, in (0, 1] (mode
+      "dominant" only).
     seed: non-negative integer seed.
 
   Returns:
-    A list of `n_users` Datasets named "<name>/user<i>".
+    A list of `users` Datasets named "<name>/user<i>".
 
   Raises:
-    ValueError: if `n_users` is outside [1, len(dataset)] or `by` is invalid.
-    TypeError: if `dataset` is not a Dataset.
+    ValueError: if `users` is outside [1, len(dataset)], `mode` is invalid,
+      `share` lies outside (0, 1], ``users * batch_size`` exceeds the
+      dataset, or a class has fewer examples than its users need (a batch
+      larger than a class).
+    TypeError: if `dataset` is not a Dataset or a count is not an integer.
   """
   fn = "partition_users"
   if not isinstance(dataset, Dataset):
@@ -424,17 +449,75 @@ def partition_users(dataset: Dataset, n_users: int,
         f"{fn}: argument 'dataset' must be a jaxleak.data.Dataset, got "
         f"{type(dataset).__name__}")
   n = len(dataset)
-  n_users = _checks.check_int(n_users, "n_users", fn=fn, low=1, high=n)
-  validate.check_choice(by, "by", ("label", "random"), fn=fn)
+  users = _checks.check_int(users, "users", fn=fn, low=1, high=n)
+  validate.check_choice(mode, "mode", USER_MODES, fn=fn)
   seed = _checks.check_int(seed, "seed", fn=fn, low=0)
-  perm = np.random.default_rng(seed).permutation(n)
-  if by == "label":
-    # A stable sort keeps the random within-class order of `perm`.
-    perm = perm[np.argsort(dataset.labels[perm], kind="stable")]
-  users = []
-  for i, chunk in enumerate(np.array_split(perm, n_users)):
+  validate.check_in_range(share, "share", 0.0, 1.0, fn=fn,
+                          inclusive=(False, True))
+  if batch_size is None and mode == "dominant":
+    raise ValueError(f"{fn}: argument 'batch_size' is required with "
+                     "mode='dominant'")
+  rng = np.random.default_rng(seed)
+  if batch_size is None:
+    perm = rng.permutation(n)
+    if mode == "label":
+      # A stable sort keeps the random within-class order of `perm`.
+      perm = perm[np.argsort(dataset.labels[perm], kind="stable")]
+    chunks = np.array_split(perm, users)
+  else:
+    batch_size = _checks.check_int(batch_size, "batch_size", fn=fn, low=1)
+    if users * batch_size > n:
+      raise ValueError(
+          f"{fn}: {users} users of batch_size {batch_size} need "
+          f"{users * batch_size} examples, more than the {n} in "
+          f"{dataset.name!r}; use fewer users or a smaller batch_size")
+    chunks = _fixed_size_users(dataset.labels, users, batch_size, mode,
+                               share, rng, fn)
+  out = []
+  for i, chunk in enumerate(chunks):
     user = dataset.subset(np.sort(chunk))
-    users.append(Dataset(images=user.images, labels=user.labels,
-                         class_names=user.class_names,
-                         name=f"{dataset.name}/user{i}"))
-  return users
+    out.append(Dataset(images=user.images, labels=user.labels,
+                       class_names=user.class_names,
+                       name=f"{dataset.name}/user{i}"))
+  return out
+
+
+def _fixed_size_users(labels: np.ndarray, users: int, batch_size: int,
+                      mode: str, share: float, rng: np.random.Generator,
+                      fn: str) -> list[np.ndarray]:
+  """Index arrays of `users` disjoint batches of `batch_size` (see above)."""
+  labels = np.asarray(labels)
+  if mode == "random":
+    perm = rng.permutation(labels.size)
+    return [perm[i * batch_size:(i + 1) * batch_size] for i in range(users)]
+  classes = np.unique(labels)
+  # Each class's examples in a seeded random order, consumed front to back.
+  pools = {int(c): list(rng.permutation(np.flatnonzero(labels == c)))
+           for c in classes}
+  major = [int(classes[i % classes.size]) for i in range(users)]
+  n_major = batch_size if mode == "label" else max(
+      1, round(share * batch_size))
+  for c in set(major):
+    need = n_major * major.count(c)
+    if need > len(pools[c]):
+      each = "" if mode == "label" else f", round(share * batch_size) = {n_major} each"
+      raise ValueError(
+          f"{fn}: argument 'batch_size' ({batch_size}) is larger than a "
+          f"class allows: {major.count(c)} user(s) of class {c} need {need} "
+          f"of its {len(pools[c])} examples{each}; use fewer users or a "
+          "smaller batch_size")
+  chunks = [[pools[c].pop() for _ in range(n_major)] for c in major]
+  if mode == "dominant" and n_major < batch_size:
+    for i, c in enumerate(major):
+      rest = np.asarray([j for d, pool in pools.items() if d != c
+                         for j in pool], np.int64)
+      need = batch_size - n_major
+      if rest.size < need:
+        raise ValueError(
+            f"{fn}: argument 'batch_size' ({batch_size}) is too large: user "
+            f"{i} needs {need} examples outside class {c}, {rest.size} left")
+      picked = set(rng.choice(rest, need, replace=False).tolist())
+      pools = {d: (pool if d == c else [j for j in pool if j not in picked])
+               for d, pool in pools.items()}
+      chunks[i].extend(sorted(picked))
+  return [np.asarray(ch, np.int64) for ch in chunks]

@@ -269,7 +269,7 @@ def _check_partition(ds, users):
 
 def test_partition_by_label_five_users():
   ds = _indexed_dataset(4000)  # 400 per class, like mnist_subset train
-  users = data.partition_users(ds, 5, by="label", seed=0)
+  users = data.partition_users(ds, 5, mode="label", seed=0)
   _check_partition(ds, users)
   assert [u.name for u in users] == [f"indexed/user{i}" for i in range(5)]
   for i, u in enumerate(users):
@@ -279,11 +279,11 @@ def test_partition_by_label_five_users():
 
 def test_partition_by_label_uneven_and_shared_classes():
   ds = _indexed_dataset(4000)
-  users = data.partition_users(ds, 3, by="label")
+  users = data.partition_users(ds, 3, mode="label")
   _check_partition(ds, users)
   assert [len(set(u.labels.tolist())) for u in users] == [4, 4, 4]
   # More users than classes: users share classes, each holding one here.
-  users = data.partition_users(ds, 20, by="label", seed=1)
+  users = data.partition_users(ds, 20, mode="label", seed=1)
   _check_partition(ds, users)
   assert all(len(set(u.labels.tolist())) == 1 for u in users)
   assert [u.labels[0] for u in users] == [c for c in range(10) for _ in "ab"]
@@ -291,18 +291,18 @@ def test_partition_by_label_uneven_and_shared_classes():
 
 def test_partition_by_label_seed_changes_members_not_classes():
   ds = _indexed_dataset(4000)
-  a = data.partition_users(ds, 20, by="label", seed=0)
-  b = data.partition_users(ds, 20, by="label", seed=1)
+  a = data.partition_users(ds, 20, mode="label", seed=0)
+  b = data.partition_users(ds, 20, mode="label", seed=1)
   assert not np.array_equal(_ids(a[0].images), _ids(b[0].images))
   assert set(a[0].labels.tolist()) == set(b[0].labels.tolist())
 
 
 def test_partition_random():
   ds = _indexed_dataset(4000)
-  users = data.partition_users(ds, 7, by="random", seed=3)
+  users = data.partition_users(ds, 7, mode="random", seed=3)
   ids = _check_partition(ds, users)
   assert all(len(set(u.labels.tolist())) == 10 for u in users)  # IID
-  again = data.partition_users(ds, 7, by="random", seed=3)
+  again = data.partition_users(ds, 7, mode="random", seed=3)
   for i, u in zip(ids, again):
     np.testing.assert_array_equal(i, _ids(u.images))
   assert all(np.all(np.diff(i) > 0) for i in ids)  # dataset order kept
@@ -310,12 +310,75 @@ def test_partition_random():
 
 def test_partition_errors():
   ds = _indexed_dataset(10)
-  with pytest.raises(ValueError, match=r"'n_users' must be in \[1, 10\]"):
+  with pytest.raises(ValueError, match=r"'users' must be in \[1, 10\]"):
     data.partition_users(ds, 0)
-  with pytest.raises(ValueError, match=r"'n_users' must be in \[1, 10\]"):
+  with pytest.raises(ValueError, match=r"'users' must be in \[1, 10\]"):
     data.partition_users(ds, 11)
-  with pytest.raises(ValueError, match="'by' must be one of"):
-    data.partition_users(ds, 2, by="size")
+  with pytest.raises(ValueError, match="'mode' must be one of"):
+    data.partition_users(ds, 2, mode="size")
   with pytest.raises(TypeError, match="'dataset' must be a jaxleak.data"):
     data.partition_users((ds.images, ds.labels), 2)
   assert len(data.partition_users(ds, 10)) == 10
+
+
+def _disjoint_fixed_size(users, b):
+  ids = [_ids(u.images) for u in users]
+  assert all(len(i) == b for i in ids)
+  union = np.concatenate(ids)
+  assert len(set(union.tolist())) == union.size  # no example in two users
+  return ids
+
+
+def test_partition_fixed_size_label_users():
+  ds = _indexed_dataset(4000)  # 400 per class
+  users = data.partition_users(ds, 20, mode="label", batch_size=100, seed=0)
+  _disjoint_fixed_size(users, 100)
+  # Round robin over classes; every image of a user has the user's class.
+  assert [set(u.labels.tolist()) for u in users] == [
+      {i % 10} for i in range(20)]
+  for u in users:
+    np.testing.assert_array_equal(u.labels, ds.labels[_ids(u.images)])
+
+
+def test_partition_fixed_size_dominant_share_is_exact():
+  ds = _indexed_dataset(4000)
+  for share, b in ((0.7, 30), (0.5, 100), (1.0, 10)):
+    users = data.partition_users(ds, 20, mode="dominant", batch_size=b,
+                                 share=share, seed=2)
+    _disjoint_fixed_size(users, b)
+    for i, u in enumerate(users):
+      counts = np.bincount(u.labels, minlength=10)
+      assert counts[i % 10] == round(share * b)
+      assert counts.sum() == b
+  # At 0.7 the other 30% is spread over several classes, not one.
+  users = data.partition_users(ds, 5, mode="dominant", batch_size=100)
+  assert all(np.count_nonzero(np.bincount(u.labels, minlength=10)) >= 5
+             for u in users)
+
+
+def test_partition_fixed_size_random_users():
+  ds = _indexed_dataset(4000)
+  users = data.partition_users(ds, 8, mode="random", batch_size=50, seed=1)
+  _disjoint_fixed_size(users, 50)
+  assert np.mean([len(set(u.labels.tolist())) for u in users]) > 8
+
+
+def test_partition_fixed_size_errors():
+  ds = _indexed_dataset(100)  # 10 per class
+  with pytest.raises(ValueError, match="'batch_size' is required"):
+    data.partition_users(ds, 2, mode="dominant")
+  with pytest.raises(ValueError, match=r"'share' must be in \(0.*1"):
+    data.partition_users(ds, 2, mode="dominant", batch_size=5, share=0.0)
+  with pytest.raises(ValueError, match=r"'share' must be in \(0.*1"):
+    data.partition_users(ds, 2, mode="dominant", batch_size=5, share=1.5)
+  with pytest.raises(ValueError, match="need 110 examples, more than the 100"):
+    data.partition_users(ds, 11, mode="random", batch_size=10)
+  # A batch larger than a class (10 examples each).
+  with pytest.raises(ValueError, match="'batch_size' \\(11\\) is larger than "
+                     "a class allows"):
+    data.partition_users(ds, 2, mode="label", batch_size=11)
+  # Two users of class 0 need 2 x 6 examples.
+  with pytest.raises(ValueError, match="2 user\\(s\\) of class 0 need 12"):
+    data.partition_users(ds, 11, mode="label", batch_size=6)
+  with pytest.raises(TypeError, match="'batch_size' must be an integer"):
+    data.partition_users(ds, 2, batch_size=2.0)

@@ -93,6 +93,9 @@ from jaxleak.attacks.inversion.results import InversionResult
 from jaxleak.attacks.inversion.results import METRIC_NAMES
 from jaxleak.attacks.inversion.threat_model import GradientObservation
 from jaxleak.attacks.inversion.threat_model import observe
+from jaxleak.attacks.inversion import user_level
+from jaxleak.attacks.inversion.user_level import user_level_diffusion
+from jaxleak.attacks.inversion.user_level import UserLevelResult
 from jaxleak.attacks.inversion.theory import reconstruction_vulnerability
 
 __all__ = (
@@ -123,6 +126,7 @@ __all__ = (
     "PrivateBatch",
     "Quantize",
     "TopK",
+    "UserLevelResult",
     "available_attacks",
     "available_defences",
     "bn_matching",
@@ -160,6 +164,8 @@ __all__ = (
     "total_variation",
     "trainable",
     "tree_rms",
+    "user_level",
+    "user_level_diffusion",
     "victim_gradient",
     "victim_gradient_and_bn_stats",
     "victim_loss",
