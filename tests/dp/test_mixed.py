@@ -1,11 +1,11 @@
 """Mixed per-example path (book-keeping + per-example offsets) equals vmap."""
 
 import flax.linen as nn
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from jaxleak import dp, models
 from jaxleak.dp import layerwise
@@ -24,7 +24,8 @@ def _assert_same(a, b, rtol=2e-5):
     np.testing.assert_allclose(x, y, rtol=0, atol=2e-5 * scale)
 
 
-def _both(loss_fn, params, batch, mask, rule=dp.clip(0.05), **kw):
+def _both(loss_fn, params, batch, mask, rule=None, **kw):
+  rule = rule or dp.clip(0.05)
   run = lambda path: jax.jit(lambda p: dp.weighted_grad_sum(
       loss_fn, p, batch, rule, mask=mask, path=path, **kw))(params)
   return run("auto"), run("vmap")
