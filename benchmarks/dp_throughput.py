@@ -6,17 +6,31 @@ included, for every method alike). Throughput is samples per second of a full
 training step (forward, per-sample work, noise, update), measured after
 compilation/warm-up, over at least `--min-time` seconds.
 
+Models: the two DP-SGD CNNs, resnet18 (GroupNorm, 32 px), a small ViT (32 px,
+patch 4) and a small text transformer (64 tokens of a 256-word vocabulary),
+each with a PyTorch twin of the same layers for Opacus.
+
 Methods:
+  jaxleak_psasc_auto       dp_psasc train step, path="auto" (the default):
+                           layerwise on the CNNs, mixed (book-keeping for
+                           Dense/Conv/Embed, per-example gradients for norm
+                           scales, class token, positional embeddings) on
+                           resnet18 and the transformers
+  jaxleak_readme           the README's first DP example as written: dp_psasc
+                           with tx.update(None, state, params, loss_fn=...,
+                           batch=...) under jax.jit, no train-step builder
   jaxleak_psasc_layerwise  dp_psasc step, layerwise path (one backward pass
                            with taps on Dense/Conv outputs; per-example norms
-                           from layer inputs x output gradients). This is
-                           what path="auto", the default, runs on both models.
+                           from layer inputs x output gradients; CNNs only)
   jaxleak_psasc_two_pass   dp_psasc step, two-pass path (norms, then one
                            weighted backward pass; no B x params buffer)
   jaxleak_psasc_vmap       dp_psasc step, vmap(grad) per-example gradients
   jaxleak_nonprivate       plain jitted SGD step (the cost floor)
   optax_contrib            vmap(grad) + optax.contrib.differentially_private_aggregate
   opacus                   Opacus 1.6 GradSampleModule + DPOptimizer (bench extra)
+  opacus_ghost             Opacus ghost clipping (PrivacyEngine, grad_sample_mode
+                           "ghost"); an ERROR row where it does not support the
+                           model
   torch_nonprivate         plain PyTorch SGD step (reference)
 
 Before timing, `--check` (on by default) verifies on cnn_mnist that jaxleak and
@@ -41,12 +55,17 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-JAX_METHODS = ("jaxleak_psasc_layerwise", "jaxleak_psasc_two_pass",
+JAX_METHODS = ("jaxleak_psasc_auto", "jaxleak_readme",
+               "jaxleak_psasc_layerwise", "jaxleak_psasc_two_pass",
                "jaxleak_psasc_vmap",
                "jaxleak_nonprivate", "optax_contrib")
-TORCH_METHODS = ("opacus", "torch_nonprivate")
-SHAPES = {"cnn_mnist": (28, 28, 1), "cnn_cifar": (32, 32, 3)}
-DEFAULT_JAX = "jaxleak_psasc_layerwise"  # what path="auto" picks here
+TORCH_METHODS = ("opacus", "opacus_ghost", "torch_nonprivate")
+SHAPES = {"cnn_mnist": (28, 28, 1), "cnn_cifar": (32, 32, 3),
+          "resnet18": (32, 32, 3), "vit": (32, 32, 3),
+          "text_transformer": (64,)}
+CNNS = ("cnn_mnist", "cnn_cifar")  # the models layerwise alone covers
+VOCAB = 256
+DEFAULT_JAX = "jaxleak_psasc_auto"
 
 
 def peak_rss_mb() -> float:
@@ -76,7 +95,10 @@ def run_jax(model: str, batch: int, method: str, min_time: float) -> dict:
   shape = SHAPES[model]
   apply_fn, params = models.create(model, 10, shape, jax.random.key(0))
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.random((batch,) + shape, np.float32))
+  if model == "text_transformer":
+    x = jnp.asarray(rng.integers(0, VOCAB, (batch,) + shape), jnp.int32)
+  else:
+    x = jnp.asarray(rng.random((batch,) + shape, np.float32))
   y = jnp.asarray(rng.integers(0, 10, batch), jnp.int32)
   mask = jnp.ones(batch, bool)
 
@@ -86,8 +108,12 @@ def run_jax(model: str, batch: int, method: str, min_time: float) -> dict:
   if method.startswith("jaxleak_psasc"):
     path = method[len("jaxleak_psasc_"):]
     rule = dp.psasc(1.0, 0.1, 1.0)
-    if path == "layerwise":  # the default path must resolve to this one
-      assert dp.per_example.layerwise.plan(loss_fn, params, (x, y)).applicable
+    plan = dp.per_example.layerwise.plan(lambda p, b: (loss_fn(p, b), None),
+                                         params, (x, y))
+    if path == "layerwise" and not plan.applicable:
+      raise ValueError("layerwise does not cover this model (auto: mixed)")
+    if path == "auto":  # layerwise on the CNNs, mixed elsewhere
+      assert plan.applicable == (model in CNNS), plan.uncovered
     opt = dp_training.make_dp_optimizer(rule, 1.0, jax.random.key(1),
                                         expected_batch_size=batch,
                                         learning_rate=0.1, momentum=0.9)
@@ -98,6 +124,19 @@ def run_jax(model: str, batch: int, method: str, min_time: float) -> dict:
       m.loss.block_until_ready()
       return p, s
     state = (params, opt.init(params))
+  elif method == "jaxleak_readme":
+    tx = dp.dp_psasc(learning_rate=0.1, noise_multiplier=1.0,
+                     key=jax.random.key(1), expected_batch_size=batch,
+                     momentum=0.9)
+    @jax.jit
+    def readme_step(p, s):
+      u, s = tx.update(None, s, p, loss_fn=loss_fn, batch=(x, y), mask=mask)
+      return optax.apply_updates(p, u), s
+    def step(state):
+      p, s = readme_step(*state)
+      jax.tree.leaves(p)[0].block_until_ready()
+      return p, s
+    state = (params, tx.init(params))
   elif method == "jaxleak_nonprivate":
     opt = optax.sgd(0.1, momentum=0.9)
     @jax.jit
@@ -133,8 +172,10 @@ def run_jax(model: str, batch: int, method: str, min_time: float) -> dict:
 
 # --------------------------------------------------------------------------- torch
 def torch_model(model: str):
-  """PyTorch twins of jaxleak's cnn_mnist / cnn_cifar (NCHW, same layers)."""
+  """PyTorch twins of jaxleak's models (NCHW, same layers and widths)."""
   import torch.nn as nn  # pylint: disable=g-import-not-at-top
+  if model in ("resnet18", "vit", "text_transformer"):
+    return _torch_twins()[model]()
   if model == "cnn_mnist":
     return nn.Sequential(
         nn.Conv2d(1, 16, 8, stride=2, padding=3), nn.Tanh(),
@@ -150,16 +191,141 @@ def torch_model(model: str):
                        nn.Tanh(), nn.Linear(128, 10))
 
 
+def _torch_twins():
+  """Builders of resnet18 (GroupNorm), the ViT and the text transformer."""
+  import math  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch.nn as nn  # pylint: disable=g-import-not-at-top
+  from opacus.grad_sample import register_grad_sampler  # pylint: disable=g-import-not-at-top
+
+  def norm(c):
+    return nn.GroupNorm(math.gcd(32, c), c)
+
+  class Block(nn.Module):
+    def __init__(self, c_in, c, stride):
+      super().__init__()
+      self.conv0 = nn.Conv2d(c_in, c, 3, stride, 1, bias=False)
+      self.norm0 = norm(c)
+      self.conv1 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+      self.norm1 = norm(c)
+      self.short = None
+      if stride != 1 or c_in != c:
+        self.short = nn.Sequential(nn.Conv2d(c_in, c, 1, stride, bias=False),
+                                   norm(c))
+
+    def forward(self, x):
+      y = torch.relu(self.norm0(self.conv0(x)))
+      y = self.norm1(self.conv1(y))
+      return torch.relu((x if self.short is None else self.short(x)) + y)
+
+  def resnet18(w=64):
+    layers, c_in = [nn.Conv2d(3, w, 3, 1, 1, bias=False), norm(w), nn.ReLU()], w
+    for mult, stride in zip((1, 2, 4, 8), (1, 2, 2, 2)):
+      for block in range(2):
+        layers.append(Block(c_in, w * mult, stride if block == 0 else 1))
+        c_in = w * mult
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, 10)]
+    return nn.Sequential(*layers)
+
+  class Tokens(nn.Module):
+    """Class token (optional) and positional embedding: Opacus has no
+    sampler for bare parameters, so this module registers its own."""
+    def __init__(self, t, dim, cls):
+      super().__init__()
+      self.cls = nn.Parameter(torch.zeros(1, 1, dim)) if cls else None
+      self.pos = nn.Parameter(0.02 * torch.randn(1, t + int(cls), dim))
+
+    def forward(self, x):
+      if self.cls is not None:
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+      return x + self.pos
+
+  @register_grad_sampler(Tokens)
+  def _tokens_grad_sample(layer, activations, backprops):
+    del activations
+    out = {layer.pos: backprops}
+    if layer.cls is not None:
+      out[layer.cls] = backprops[:, :1]
+    return out
+
+  class Attention(nn.Module):
+    def __init__(self, dim, heads):
+      super().__init__()
+      self.heads = heads
+      self.qkv = nn.Linear(dim, 3 * dim)
+      self.out = nn.Linear(dim, dim)
+
+    def forward(self, x):
+      b, t, d = x.shape
+      q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).unbind(2)
+      att = torch.einsum("bthd,bshd->bhts", q, k) / math.sqrt(d // self.heads)
+      out = torch.einsum("bhts,bshd->bthd", att.softmax(-1), v)
+      return self.out(out.reshape(b, t, d))
+
+  class EncoderBlock(nn.Module):
+    def __init__(self, dim=64, heads=4, mlp=128):
+      super().__init__()
+      self.norm0, self.norm1 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+      self.attention = Attention(dim, heads)
+      self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(approximate="tanh"),
+                               nn.Linear(mlp, dim))
+
+    def forward(self, x):
+      x = x + self.attention(self.norm0(x))
+      return x + self.mlp(self.norm1(x))
+
+  class ViT(nn.Module):
+    def __init__(self, dim=64, depth=2, patch=4, size=32):
+      super().__init__()
+      self.embed = nn.Conv2d(3, dim, patch, patch)
+      self.tokens = Tokens((size // patch) ** 2, dim, cls=True)
+      self.blocks = nn.Sequential(*[EncoderBlock(dim) for _ in range(depth)])
+      self.norm = nn.LayerNorm(dim)
+      self.head = nn.Linear(dim, 10)
+
+    def forward(self, x):
+      x = self.embed(x).flatten(2).transpose(1, 2)
+      return self.head(self.norm(self.blocks(self.tokens(x)))[:, 0])
+
+  class Text(nn.Module):
+    def __init__(self, dim=64, depth=2, length=SHAPES["text_transformer"][0]):
+      super().__init__()
+      self.embed = nn.Embedding(VOCAB, dim)
+      self.tokens = Tokens(length, dim, cls=False)
+      self.blocks = nn.Sequential(*[EncoderBlock(dim) for _ in range(depth)])
+      self.norm = nn.LayerNorm(dim)
+      self.head = nn.Linear(dim, 10)
+
+    def forward(self, x):
+      return self.head(self.norm(self.blocks(self.tokens(self.embed(x)))).mean(1))
+
+  return {"resnet18": resnet18, "vit": ViT, "text_transformer": Text}
+
+
 def run_torch(model: str, batch: int, method: str, min_time: float) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   torch.set_num_threads(os.cpu_count() or 1)
-  h, w, c = SHAPES[model]
-  x = torch.rand(batch, c, h, w).contiguous()  # NCHW (Opacus needs contiguous)
+  if model == "text_transformer":
+    x = torch.randint(0, VOCAB, (batch,) + SHAPES[model])
+  else:
+    h, w, c = SHAPES[model]
+    x = torch.rand(batch, c, h, w).contiguous()  # NCHW (Opacus needs contiguous)
   y = torch.randint(0, 10, (batch,))
   net = torch_model(model)
-  if method == "opacus":
+  criterion = F.cross_entropy
+  if method == "opacus_ghost":
+    from opacus import PrivacyEngine  # pylint: disable=g-import-not-at-top
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=batch)
+    net, opt, criterion, _ = PrivacyEngine().make_private(
+        module=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1,
+                                              momentum=0.9),
+        data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0,
+        criterion=torch.nn.CrossEntropyLoss(), grad_sample_mode="ghost",
+        poisson_sampling=False)
+  elif method == "opacus":
     from opacus import GradSampleModule  # pylint: disable=g-import-not-at-top
     from opacus.optimizers import DPOptimizer  # pylint: disable=g-import-not-at-top
     net = GradSampleModule(net)
@@ -170,7 +336,7 @@ def run_torch(model: str, batch: int, method: str, min_time: float) -> dict:
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
   def step(state):
     opt.zero_grad(set_to_none=True)
-    F.cross_entropy(net(x), y).backward()
+    criterion(net(x), y).backward()
     opt.step()
     return state
   sec = _timeit(step, None, min_time)
@@ -289,6 +455,8 @@ def main() -> None:
   for model in args.models:
     for batch in args.batches:
       for method in methods:
+        if method == "jaxleak_psasc_layerwise" and model not in CNNS:
+          continue  # Not applicable: auto runs the mixed path there.
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--model",
                model, "--batch", str(batch), "--method", method, "--min-time",
                str(args.min_time)]
@@ -303,20 +471,24 @@ def main() -> None:
               + (f"{row['samples_per_s']:9.0f} samples/s  {row['peak_rss_mb']:7.0f} MB"
                  if "error" not in row else f"ERROR {row['error']}"), flush=True)
   print("\nRatios measured in this run (samples/s; peak RSS):")
-  print(f"| model | batch | {DEFAULT_JAX} / opacus | / optax_contrib | "
-        "/ jaxleak_nonprivate | peak MB jaxleak / opacus |")
-  print("|---|---|---|---|---|---|")
+  print(f"| model | batch | {DEFAULT_JAX} / opacus | / opacus_ghost | "
+        "/ optax_contrib | / jaxleak_nonprivate | / torch_nonprivate | "
+        "jaxleak_readme / opacus | peak MB jaxleak / opacus |")
+  print("|---|---|---|---|---|---|---|---|---|")
   get = {(r["model"], r["batch"], r["method"]): r for r in results}
   for model in args.models:
     for batch in args.batches:
       ours = get.get((model, batch, DEFAULT_JAX), {})
-      def ratio(other, key="samples_per_s"):
+      def ratio(other, key="samples_per_s", mine=ours):
         o = get.get((model, batch, other), {})
-        if key in ours and key in o:
-          return f"{ours[key] / o[key]:.2f}x"
+        if key in mine and key in o:
+          return f"{mine[key] / o[key]:.2f}x"
         return "n/a"
-      print(f"| {model} | {batch} | {ratio('opacus')} | {ratio('optax_contrib')} "
-            f"| {ratio('jaxleak_nonprivate')} | {ratio('opacus', 'peak_rss_mb')} |")
+      readme = get.get((model, batch, "jaxleak_readme"), {})
+      print(f"| {model} | {batch} | {ratio('opacus')} | {ratio('opacus_ghost')} "
+            f"| {ratio('optax_contrib')} | {ratio('jaxleak_nonprivate')} "
+            f"| {ratio('torch_nonprivate')} | {ratio('opacus', mine=readme)} "
+            f"| {ratio('opacus', 'peak_rss_mb')} |")
   if args.out:
     with open(args.out, "w") as f:
       json.dump(results, f, indent=2)

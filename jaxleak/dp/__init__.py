@@ -1,15 +1,21 @@
 """Differentially private training: weight rules, optax transforms, accounting.
 
-Quick start (DP-PSASC chained like any optax optimiser)::
+Quick start (DP-PSASC chained like any optax optimiser; the transform takes
+the loss and the batch and runs the layerwise/mixed per-example path)::
 
     import jax, optax
     from jaxleak import dp
 
     tx = dp.dp_psasc(learning_rate=0.5, noise_multiplier=1.1,
                      key=jax.random.key(0), expected_batch_size=256)
-    grads = dp.per_example_grads(loss_fn, params, (images, labels))
-    updates, state = tx.update(grads, state, params, mask=mask)
+    state = tx.init(params)
+    updates, state = tx.update(None, state, params, loss_fn=loss_fn,
+                               batch=(images, labels), mask=mask)
     params = optax.apply_updates(params, updates)
+
+``tx.update(dp.per_example_grads(loss_fn, params, batch), state, params)``
+(optax.contrib's contract) also works, at the cost of materialised ``vmap``
+gradients.
 """
 
 from jaxleak.dp import accounting
@@ -26,6 +32,7 @@ from jaxleak.dp.per_example import global_norms
 from jaxleak.dp.per_example import per_example_grads
 from jaxleak.dp.per_example import per_example_losses
 from jaxleak.dp.per_example import per_example_norms
+from jaxleak.dp.per_example import private_grad
 from jaxleak.dp.per_example import weighted_grad_sum
 from jaxleak.dp.per_example import weighted_sum
 from jaxleak.dp.per_example import WeightedGradSum
@@ -61,6 +68,7 @@ __all__ = (
     "per_example_grads",
     "per_example_losses",
     "per_example_norms",
+    "private_grad",
     "psac",
     "psasc",
     "RULES",

@@ -72,7 +72,8 @@ class Layer:
   """One tapped Dense/Conv call (static metadata found while tracing).
 
   Attributes:
-    kind: ``"dense"`` or ``"conv"``.
+    kind: ``"dense"``, ``"conv"`` or ``"embed"`` (for an embedding the
+      "kernel" is the ``[V, D]`` table and the recorded input the tokens).
     kernel_path: key path of the kernel leaf in the params pytree.
     bias_path: key path of the bias leaf, or None.
     kernel_shape: ``[K_in, O]`` (dense) or ``[kh, kw, C, O]`` (conv).
@@ -95,27 +96,46 @@ class Layer:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """Layers of a loss function, and the parameter leaves none of them covers."""
+  """Layers of a loss function, and the parameter leaves none of them covers.
+
+  Attributes:
+    layers: the tapped calls, in call order.
+    uncovered: one readable line per uncovered inexact leaf (path and reason).
+    uncovered_paths: their key paths; the mixed path differentiates these
+      per example (``vmap``) and the layers by book-keeping.
+  """
   layers: tuple[Layer, ...]
   uncovered: tuple[str, ...]
+  uncovered_paths: tuple[KeyPath, ...] = ()
 
   @property
   def applicable(self) -> bool:
+    """Whether book-keeping alone covers every parameter (pure layerwise)."""
     return bool(self.layers) and not self.uncovered
 
 
 class _Recorder:
-  """Interceptor state for one trace: taps Dense/Conv calls on known params."""
+  """Interceptor state for one trace: taps Dense/Conv/Embed calls on known params.
 
-  def __init__(self, params: Any, taps: list[jax.Array] | None):
+  `covered`, if given, restricts tapping to layers whose leaves are in it
+  (the others are differentiated per example by the mixed path).
+  """
+
+  def __init__(self, params: Any, taps: list[jax.Array] | None,
+               covered: frozenset[KeyPath] | None = None):
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    self.path_of = {id(leaf): path for path, leaf in flat}
+    self.path_of = {id(leaf): path for path, leaf in flat
+                    if covered is None or path in covered}
     self.taps = taps
     self.layers: list[Layer] = []
     self.inputs: list[jax.Array] = []
+    # Leaves read by an untapped method (Embed.attend: tied embeddings).
+    self.other_uses: list[KeyPath] = []
 
   def __call__(self, next_fun, args, kwargs, context):
     module = context.module
+    if type(module) is nn.Embed:  # pylint: disable=unidiomatic-typecheck
+      return self._embed(next_fun, args, kwargs, context)
     if (context.method_name != "__call__" or kwargs or len(args) != 1
         or type(module) not in (nn.Dense, nn.Conv)):  # pylint: disable=unidiomatic-typecheck
       return next_fun(*args, **kwargs)
@@ -163,6 +183,28 @@ class _Recorder:
       y = y + self.taps[index].astype(y.dtype)
     return y
 
+  def _embed(self, next_fun, args, kwargs, context):
+    """Taps ``nn.Embed.__call__`` (a row lookup); records other uses of the table."""
+    if context.method_name == "setup":
+      return next_fun(*args, **kwargs)
+    table = context.module.variables.get("params", {}).get("embedding")
+    path = self.path_of.get(id(table))
+    if path is None:
+      return next_fun(*args, **kwargs)
+    if context.method_name != "__call__" or kwargs or len(args) != 1:
+      self.other_uses.append(path)  # e.g. attend(): the table as a matmul.
+      return next_fun(*args, **kwargs)
+    tokens = args[0]
+    y = next_fun(tokens)
+    index = len(self.layers)
+    self.layers.append(Layer("embed", path, None, tuple(table.shape), None,
+                             tuple(y.shape),
+                             _prefer_ghost("embed", table.shape, y.shape)))
+    self.inputs.append(tokens)
+    if self.taps is not None:
+      y = y + self.taps[index].astype(y.dtype)
+    return y
+
 
 def _prefer_ghost(kind: str, kernel_shape, out_shape) -> bool:
   """Whether to skip keeping per-example kernel gradients (module docstring)."""
@@ -176,6 +218,9 @@ def _prefer_ghost(kind: str, kernel_shape, out_shape) -> bool:
     # (32x32x32->32): 1224 vs 479 ms. Hence the threshold 3/4.
     kh, kw, c, _ = kernel_shape
     return 4 * k * o >= 3 * kh * kw * t * (c + o)
+  if kind == "embed":
+    # Token-equality Gram (T²·D) against a [V, D] per-example table.
+    return t * t <= k * o
   return t * t * (k + o) < t * k * o
 
 
@@ -192,30 +237,55 @@ def plan(loss_fn: LossFn, params: Any, batch: Any) -> Plan:
   """
   found: dict[str, Any] = {}
 
-  def trace(p, example):
-    recorder = _Recorder(p, None)
+  def trace(p, example, covered):
+    recorder = _Recorder(p, None, covered)
     out = _one_example(loss_fn, recorder, p, example)
     found["layers"] = tuple(recorder.layers)
+    found["other_uses"] = tuple(recorder.other_uses)
     return out
 
   example = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
                          batch)
-  jax.eval_shape(trace, params, example)
-  layers = found["layers"]
+  jax.eval_shape(lambda p, x: trace(p, x, None), params, example)
   used: dict[KeyPath, int] = {}
-  for layer in layers:
+  for layer in found["layers"]:
     for path in (layer.kernel_path, layer.bias_path):
       if path is not None:
         used[path] = used.get(path, 0) + 1
-  uncovered = []
+  for path in found["other_uses"]:
+    used[path] = used.get(path, 0) + 1
+  uncovered, uncovered_paths, covered = [], [], set()
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
       continue
-    if used.get(path, 0) != 1:
-      reason = "shared by several calls" if used.get(path, 0) > 1 else (
-          "not a Dense/Conv kernel or bias")
-      uncovered.append(f"{jax.tree_util.keystr(path)} ({reason})")
-  return Plan(layers, tuple(uncovered))
+    if used.get(path, 0) == 1:
+      covered.add(path)
+      continue
+    reason = "shared by several calls" if used.get(path, 0) > 1 else (
+        "not a Dense/Conv/Embed kernel or bias")
+    uncovered.append(f"{jax.tree_util.keystr(path)} ({reason})")
+    uncovered_paths.append(path)
+  # A layer with one uncovered leaf (a kernel shared with another call) is
+  # left untapped; all its leaves then go to the per-example (vmap) part.
+  keep = [layer for layer in found["layers"]
+          if all(p is None or p in covered
+                 for p in (layer.kernel_path, layer.bias_path))]
+  for layer in found["layers"]:
+    if layer not in keep:
+      for p in (layer.kernel_path, layer.bias_path):
+        if p is not None and p not in uncovered_paths:
+          uncovered.append(f"{jax.tree_util.keystr(p)} (its layer shares a leaf)")
+          uncovered_paths.append(p)
+  covered -= set(uncovered_paths)
+  if len(keep) != len(found["layers"]):
+    jax.eval_shape(lambda p, x: trace(p, x, frozenset(covered)), params, example)
+    keep = list(found["layers"])
+  return Plan(tuple(keep), tuple(uncovered), tuple(uncovered_paths))
+
+
+def _covered(the_plan: Plan) -> frozenset[KeyPath]:
+  return frozenset(p for layer in the_plan.layers
+                   for p in (layer.kernel_path, layer.bias_path) if p is not None)
 
 
 def _conv_taps(x: jax.Array, geometry: conv_geometry.ConvGeometry, out_hw):
@@ -233,6 +303,8 @@ def _layer_terms(layer: Layer, a: jax.Array, g: jax.Array):
   b = g.shape[0]
   o = layer.kernel_shape[-1]
   g_rows = g.reshape(b, -1, o)
+  if layer.kind == "embed":
+    return _embed_terms(layer, a, g_rows)
   bias_sq = 0.0
   bias_grads = None
   if layer.bias_path is not None:
@@ -268,6 +340,36 @@ def _layer_terms(layer: Layer, a: jax.Array, g: jax.Array):
   return kernel_sq + bias_sq, ("materialised", kernel_grads, bias_grads)
 
 
+def _embed_terms(layer: Layer, tokens: jax.Array, g_rows: jax.Array):
+  """Embedding table ``E [V, D]`` looked up at tokens ``t_1..t_T``.
+
+  ``∇_E loss_i = Σ_t onehot(t) g_tᵀ``, so ``‖∇_E loss_i‖² = Σ_{t,s} [t = s]
+  g_t·g_s``: the Gram of the output gradients masked by token equality,
+  ``T²·D`` per example without the ``[V, D]`` gradient (ghost). The weighted
+  sum scatters ``w_i g_t`` into row t. When ``T² > V·D`` the per-example
+  tables are formed instead. Tokens are taken modulo V like ``jnp.take``'s
+  negative indices; tokens outside ``[-V, V)`` look up NaN rows in Flax and
+  are dropped here.
+  """
+  b = g_rows.shape[0]
+  v = layer.kernel_shape[0]
+  tok = tokens.reshape(b, -1)
+  valid = (tok >= -v) & (tok < v)
+  tok = jnp.where(valid, tok % v, -1)  # -1: never equal to a real row.
+  g_rows = jnp.where(valid[..., None], g_rows, 0)
+  if layer.ghost:
+    same = (tok[:, :, None] == tok[:, None, :]) & (tok[:, :, None] >= 0)
+    gram_g = jnp.einsum("bto,bso->bts", g_rows, g_rows)
+    return jnp.sum(jnp.where(same, gram_g, 0), axis=(1, 2)), (
+        "embed_scatter", (tok, g_rows), None)
+  rows = jnp.where(tok >= 0, tok, v)  # Row v is out of range: dropped.
+  per_example = jax.vmap(
+      lambda r, gr: jnp.zeros(layer.kernel_shape, gr.dtype).at[r].add(
+          gr, mode="drop"))(rows, g_rows)
+  sq = jnp.sum(jnp.square(per_example.reshape(b, -1)), axis=1)
+  return sq, ("materialised", per_example, None)
+
+
 def _conv_kernel(layer: Layer, stacked_taps: jax.Array, lead: tuple[int, ...]):
   """``[*lead, taps, C', O]`` tap-wise kernel (gradients) -> ``[*lead, kh, kw, C, O]``."""
   if layer.folded_strides is None:
@@ -288,10 +390,19 @@ def weighted_grad_sum(loss_fn: LossFn, params: Any, batch: Any,
 
   ``loss_fn(params, batch) -> (mean loss, aux)``.
 
+  Mixed path: leaves in ``the_plan.uncovered_paths`` (norm scales, positional
+  embeddings, custom parameters) get per-example gradients in the same
+  backward pass, through per-example zero offsets ``δ_i`` added to them
+  under the ``vmap`` over examples (``∂loss_i/∂δ_i`` is example i's
+  gradient of that leaf). Their squared norms add to the tapped layers', so
+  the norms, the weights and the weighted sum equal the ``vmap`` path's.
+  Memory: ``B x`` (uncovered leaves) on top of the layerwise path.
+
   Callers go through `jaxleak.dp.per_example.weighted_grad_sum`, which checks
   arguments, chunks the batch and builds `the_plan` with `plan`.
   """
   layers = the_plan.layers
+  covered = _covered(the_plan)
   size = jax.tree.leaves(batch)[0].shape[0]
   # full_like of a batch array, not jnp.zeros: inside shard_map the taps must
   # vary over devices like the batch, or their cotangents (the per-example
@@ -299,25 +410,37 @@ def weighted_grad_sum(loss_fn: LossFn, params: Any, batch: Any,
   like = jax.tree.leaves(batch)[0]
   zeros = [jax.lax.full_like(like, 0, jnp.float32, (size,) + layer.out_shape)
            for layer in layers]
+  leaves = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+  offset_index = {path: i for i, path in enumerate(the_plan.uncovered_paths)}
+  offsets = [jax.lax.full_like(like, 0, jnp.result_type(leaves[path]),
+                               (size,) + tuple(jnp.shape(leaves[path])))
+             for path in the_plan.uncovered_paths]
 
-  def total_loss(taps):
-    def one(p, example_taps, example):
-      recorder = _Recorder(p, example_taps)
+  def total_loss(taps, deltas):
+    def one(p, example_taps, example_deltas, example):
+      recorder = _Recorder(p, example_taps, covered)
+      p = jax.tree_util.tree_map_with_path(
+          lambda path, leaf: leaf + example_deltas[offset_index[path]]
+          if path in offset_index else leaf, p)
       loss, aux = _one_example(loss_fn, recorder, p, example)
       if len(recorder.layers) != len(layers):
         raise RuntimeError("layerwise: the loss function called a different "
                            "set of layers than when it was planned")
       return loss, (aux, recorder.inputs)
-    losses, (aux, inputs) = jax.vmap(one, in_axes=(None, 0, 0))(params, taps,
-                                                                batch)
+    losses, (aux, inputs) = jax.vmap(one, in_axes=(None, 0, 0, 0))(
+        params, taps, deltas, batch)
     return jnp.sum(losses), (losses, aux, inputs)
 
-  out_grads, (losses, aux, inputs) = jax.grad(total_loss, has_aux=True)(zeros)
+  (out_grads, offset_grads), (losses, aux, inputs) = jax.grad(
+      total_loss, argnums=(0, 1), has_aux=True)(zeros, offsets)
   sq, terms = 0.0, []
   for layer, a, g in zip(layers, inputs, out_grads):
     layer_sq, term = _layer_terms(layer, a, g)
     sq = sq + layer_sq
     terms.append(term)
+  for g in offset_grads:
+    sq = sq + jnp.sum(jnp.square(g.reshape(size, -1).astype(jnp.float32)),
+                      axis=1)
   norms = jnp.sqrt(sq)
   rule_weights = weight_rule(norms)
   if mask is not None:
@@ -336,6 +459,12 @@ def weighted_grad_sum(loss_fn: LossFn, params: Any, batch: Any,
       kernel_sum = _conv_kernel(layer, jnp.stack(
           [jnp.einsum("b...c,b...o->co", _zero_where(keep, t), weighted_g)
            for t in taps]), ())
+    elif form == "embed_scatter":
+      tok, g_rows = kernel_data
+      weighted_g = _zero_where(keep, g_rows) * weights[:, None, None]
+      rows = jnp.where(tok >= 0, tok, layer.kernel_shape[0]).reshape(-1)
+      kernel_sum = jnp.zeros(layer.kernel_shape, weighted_g.dtype).at[rows].add(
+          weighted_g.reshape(-1, layer.kernel_shape[-1]), mode="drop")
     else:
       a_rows, g_rows = kernel_data
       weighted_g = _zero_where(keep, g_rows) * weights[:, None, None]
@@ -345,6 +474,9 @@ def weighted_grad_sum(loss_fn: LossFn, params: Any, batch: Any,
     if layer.bias_path is not None:
       grads[layer.bias_path] = jnp.tensordot(
           weights, _zero_where(keep, bias_grads), axes=1)
+  for path, g in zip(the_plan.uncovered_paths, offset_grads):
+    grads[path] = jnp.tensordot(weights.astype(g.dtype), _zero_where(keep, g),
+                                axes=1)
 
   def leaf_grad(path, leaf):
     if path in grads:

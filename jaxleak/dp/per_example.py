@@ -13,9 +13,16 @@ Three ways to get ``sum_i w(||g_i||) g_i`` (every rule in `jaxleak.dp.weights`
 is a per-example function of the gradient norm):
 
   * ``"layerwise"``: one forward and one backward pass with taps on every
-    Dense/Conv output; per-example norms and the weighted sum come from the
-    layer inputs and output gradients (`jaxleak.dp.layerwise`: book-keeping
-    with mixed ghost norms). Needs a Flax model made of Dense/Conv layers.
+    Dense/Conv/Embed output; per-example norms and the weighted sum come from
+    the layer inputs and output gradients (`jaxleak.dp.layerwise`:
+    book-keeping with mixed ghost norms). Needs a Flax model made of
+    Dense/Conv/Embed layers.
+  * ``"mixed"``: the layerwise pass for the layers it covers, plus
+    per-example gradients (inside the same ``vmap`` and backward pass) for the
+    parameters no tap covers: norm scales and biases, positional embeddings,
+    class tokens, custom parameters. Any Flax model (linen, or nnx through
+    ``nnx.split``/``nnx.merge``, whose parameters all take the per-example
+    part).
 
   * ``"vmap"``: materialise per-example gradients with ``vmap(grad)``
     (``B x params`` memory; ``microbatch_size`` bounds it with ``lax.map``),
@@ -26,8 +33,9 @@ is a per-example function of the gradient norm):
     a normal training step plus one chunk of per-example gradients.
 
 All give the same sum up to float rounding (tested). ``"auto"`` (the default)
-takes ``"layerwise"`` when it covers every parameter and ``"vmap"`` otherwise:
-in ``benchmarks/dp_throughput.py`` on 2 CPU cores, layerwise is the fastest
+takes ``"layerwise"`` when it covers every parameter, ``"mixed"`` when it
+covers some, and ``"vmap"`` when no Dense/Conv/Embed layer is called: in
+``benchmarks/dp_throughput.py`` on 2 CPU cores, layerwise is the fastest
 path on both benchmark CNNs.
 """
 
@@ -51,10 +59,11 @@ __all__ = (
     "weighted_grad_sum",
     "WeightedGradSum",
     "PATHS",
+    "private_grad",
 )
 
 LossFn = Callable[[Any, Any], jax.Array]
-PATHS = ("auto", "layerwise", "vmap", "two_pass")
+PATHS = ("auto", "layerwise", "mixed", "vmap", "two_pass")
 
 
 class WeightedGradSum(NamedTuple):
@@ -200,10 +209,11 @@ def weighted_grad_sum(loss_fn: LossFn, params: Any, batch: Any,
     weight_rule: ``rule(norms) -> weights`` (from `jaxleak.dp.weights`).
     mask: optional ``[B]`` bool/0-1 array; padded rows (False) contribute 0.
     path: ``"auto"`` (default: ``"layerwise"`` if every parameter is a
-      Dense/Conv kernel or bias, else ``"vmap"``), ``"layerwise"`` (raises,
-      naming the uncovered parameters, if not applicable), ``"vmap"``, or
-      ``"two_pass"`` (never holds a ``B x params`` buffer; for models
-      whose per-example gradients do not fit).
+      Dense/Conv/Embed kernel or bias, ``"mixed"`` if some are, else
+      ``"vmap"``), ``"layerwise"`` (raises, naming the uncovered parameters,
+      if not applicable), ``"mixed"``, ``"vmap"``, or ``"two_pass"`` (never
+      holds a ``B x params`` buffer; for models whose per-example gradients
+      do not fit).
     microbatch_size: chunk size for per-example work (must divide B).
     has_aux: `loss_fn` returns ``(loss, aux)``; aux comes back per example.
 
@@ -216,17 +226,19 @@ def weighted_grad_sum(loss_fn: LossFn, params: Any, batch: Any,
   if mask is not None:
     validate.check_shape(mask, "mask", (b,), fn="weighted_grad_sum")
   aux_loss = _with_aux(loss_fn, has_aux)
-  if path in ("auto", "layerwise"):
+  if path in ("auto", "layerwise", "mixed"):
     the_plan = layerwise.plan(aux_loss, params, batch)
-    if the_plan.applicable:
+    if the_plan.applicable or path == "mixed" or (path == "auto"
+                                                  and the_plan.layers):
       return _layerwise(aux_loss, params, batch, weight_rule, mask, the_plan,
                         microbatch_size, b)
     if path == "layerwise":
       raise ValueError(
           "weighted_grad_sum: path='layerwise' needs every parameter to be the "
-          "kernel or bias of one flax Dense/Conv call; not covered: "
-          + (", ".join(the_plan.uncovered) or "no Dense/Conv layer was called")
-          + ". Use path='vmap' (or 'auto').")
+          "kernel or bias of one flax Dense/Conv/Embed call; not covered: "
+          + (", ".join(the_plan.uncovered)
+             or "no Dense/Conv/Embed layer was called")
+          + ". Use path='mixed' (or 'auto').")
     path = "vmap"
   single = _single_example_fn(aux_loss)
   if path == "vmap":
@@ -256,6 +268,40 @@ def weighted_grad_sum(loss_fn: LossFn, params: Any, batch: Any,
 
   grad_sum, (losses, aux) = jax.grad(weighted_loss, has_aux=True)(params)
   return WeightedGradSum(grad_sum, norms, weights, losses, aux)
+
+
+def private_grad(loss_fn: LossFn, weight_rule: Callable[[jax.Array], jax.Array],
+                 *, path: str = "auto", microbatch_size: int | None = None,
+                 has_aux: bool = False) -> Callable[..., WeightedGradSum]:
+  """``jax.value_and_grad`` for DP: ``fn(params, batch, mask=None) -> WeightedGradSum``.
+
+  The returned function computes the noise-free weighted sum
+  ``sum_i mask_i w(||g_i||) g_i`` of `weighted_grad_sum` on the fast path
+  (`path="auto"`: layerwise or mixed for Flax models) together with the
+  per-example losses, norms and weights. Guarantee: one example moves
+  ``grad_sum`` by at most ``weight_rule.sensitivity`` in L2 norm, so adding
+  ``N(0, (sigma * sensitivity)^2 I)`` (`gaussian_privatizer`) is the
+  Gaussian mechanism with noise multiplier sigma.
+
+  Example::
+
+    grad_fn = dp.private_grad(loss_fn, dp.clip(1.0))
+    out = grad_fn(params, (images, labels), mask=mask)
+    updates, state = privatizer.update(out.grad_sum, state)
+  """
+  validate.check_choice(path, "path", PATHS, fn="private_grad")
+  if not callable(loss_fn):
+    raise TypeError(f"private_grad: argument 'loss_fn' must be callable, got "
+                    f"{loss_fn!r}")
+  if not callable(weight_rule) or not hasattr(weight_rule, "sensitivity"):
+    raise TypeError("private_grad: argument 'weight_rule' must be a jaxleak.dp "
+                    f"weight rule with a .sensitivity, got {weight_rule!r}")
+
+  def grad_fn(params, batch, mask=None) -> WeightedGradSum:
+    return weighted_grad_sum(loss_fn, params, batch, weight_rule, mask=mask,
+                             path=path, microbatch_size=microbatch_size,
+                             has_aux=has_aux)
+  return grad_fn
 
 
 def _layerwise(loss_fn, params, batch, weight_rule, mask, the_plan,

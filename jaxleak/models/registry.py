@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from jaxleak._src import validate
 from jaxleak.models import architectures as arch
+from jaxleak.models import transformers
 from jaxleak.models.initializers import INIT_SCHEMES, reinit
 
 Array = jax.Array
@@ -51,12 +52,15 @@ class ModelSpec:
     description: one line for listings.
     default_init: the `reinit` scheme that reproduces the module's own
       kernel/bias initialisers; what ``init="default"`` means for this model.
+    inputs: ``"images"`` (NHWC floats, ``input_shape=(H, W, C)``) or
+      ``"tokens"`` (int ids ``[B, L]``, ``input_shape=(L,)``).
   """
 
   builder: Callable[..., nn.Module]
   fixed_resolution: bool
   description: str
   default_init: str = "lecun"
+  inputs: str = "images"
 
 
 def _check_act(act: str, fn: str = "create") -> None:
@@ -126,6 +130,39 @@ def _build_resnet18(num_classes: int, *, width: int = 64,
   return arch.ResNet18(num_classes=num_classes, width=width, norm=norm)
 
 
+def _check_heads(dim: int, heads: int, depth: int, mlp_dim: int) -> None:
+  for name, value in (("dim", dim), ("heads", heads), ("depth", depth),
+                      ("mlp_dim", mlp_dim)):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ValueError(
+          f"create: argument '{name}' must be a positive int, got {value!r}")
+  if dim % heads:
+    raise ValueError(f"create: argument 'dim'={dim} must be divisible by "
+                     f"'heads'={heads}")
+
+
+def _build_vit(num_classes: int, *, patch: int = 4, dim: int = 64,
+               depth: int = 2, heads: int = 4, mlp_dim: int = 128) -> nn.Module:
+  """vit options: patch (4), dim (64), depth (2), heads (4), mlp_dim (128)."""
+  _check_heads(dim, heads, depth, mlp_dim)
+  _check_width(patch)
+  return transformers.ViT(num_classes=num_classes, patch=patch, dim=dim,
+                          depth=depth, heads=heads, mlp_dim=mlp_dim)
+
+
+def _build_text_transformer(num_classes: int, *, vocab_size: int = 256,
+                            dim: int = 64, depth: int = 2, heads: int = 4,
+                            mlp_dim: int = 128) -> nn.Module:
+  """text_transformer options: vocab_size (256), dim, depth, heads, mlp_dim."""
+  _check_heads(dim, heads, depth, mlp_dim)
+  if not isinstance(vocab_size, int) or vocab_size < 1:
+    raise ValueError("create: argument 'vocab_size' must be a positive int, "
+                     f"got {vocab_size!r}")
+  return transformers.TextTransformer(
+      num_classes=num_classes, vocab_size=vocab_size, dim=dim, depth=depth,
+      heads=heads, mlp_dim=mlp_dim)
+
+
 MODELS: dict[str, ModelSpec] = {
     "lenet": ModelSpec(_build_lenet, True,
                        "DLG sigmoid LeNet: 3 conv 5x5x12 + Dense",
@@ -139,6 +176,12 @@ MODELS: dict[str, ModelSpec] = {
                            "tanh DP-SGD CIFAR-10 CNN, 551k params"),
     "resnet18": ModelSpec(_build_resnet18, False,
                           "CIFAR-style ResNet-18, GroupNorm by default"),
+    "vit": ModelSpec(_build_vit, True,
+                     "small pre-LN ViT: patch embedding, class token, MHA"),
+    "text_transformer": ModelSpec(
+        _build_text_transformer, True,
+        "small pre-LN transformer over int tokens [B, L], mean-pooled",
+        inputs="tokens"),
 }
 
 
@@ -178,8 +221,10 @@ class ModelFn:
 
   def __init__(self, name: str, module: nn.Module, num_classes: int,
                input_shape: tuple[int, int, int], has_batch_norm: bool,
-               bn_layers: tuple[tuple[str, ...], ...], fixed_resolution: bool):
+               bn_layers: tuple[tuple[str, ...], ...], fixed_resolution: bool,
+               inputs: str = "images"):
     self.name = name
+    self.inputs = inputs
     self.module = module
     self.num_classes = num_classes
     self.input_shape = input_shape
@@ -193,6 +238,13 @@ class ModelFn:
 
   def _check_x(self, x: Any, fn: str) -> None:
     # Shapes are static even under jit/vmap, so this check always runs.
+    if self.inputs == "tokens":
+      if (jnp.ndim(x) != 2 or tuple(jnp.shape(x)[1:]) != self.input_shape
+          or not jnp.issubdtype(jnp.result_type(x), jnp.integer)):
+        raise ValueError(
+            f"{fn}: argument 'x' must be int token ids [B, {self.input_shape[0]}]"
+            f", got {jnp.result_type(x)} of shape {tuple(jnp.shape(x))}")
+      return
     validate.check_images(x, "x", fn=fn, channels=self.input_shape[-1])
     if self.fixed_resolution and tuple(x.shape[1:3]) != self.input_shape[:2]:
       raise ValueError(
@@ -302,7 +354,8 @@ def create(name: str, num_classes: int, input_shape: Sequence[int],
   Args:
     name: one of `available()`.
     num_classes: number of output logits (>= 2).
-    input_shape: (H, W, C) of one image; inputs are NHWC float32 in [0, 1].
+    input_shape: (H, W, C) of one image (NHWC float32 in [0, 1]), or (L,) for
+      models over token ids (`ModelSpec.inputs == "tokens"`).
     key: PRNG key for initialisation (an int is accepted as a seed).
     init: initialisation scheme, one of INIT_SCHEMES (see
       `jaxleak.models.initializers`). "default" keeps the module's own
@@ -327,10 +380,18 @@ def create(name: str, num_classes: int, input_shape: Sequence[int],
     raise ValueError(
         f"create: argument 'num_classes' must be an int >= 2 (a classifier "
         f"needs two classes), got {num_classes!r}")
-  input_shape = _check_input_shape(input_shape)
+  spec = MODELS[name]
+  if spec.inputs == "tokens":
+    if (not isinstance(input_shape, (tuple, list)) or len(input_shape) != 1
+        or not isinstance(input_shape[0], int) or input_shape[0] < 1):
+      raise ValueError(
+          f"create: model {name!r} takes token ids; argument 'input_shape' must"
+          f" be (sequence_length,), got {input_shape!r}")
+    input_shape = tuple(input_shape)
+  else:
+    input_shape = _check_input_shape(input_shape)
   validate.check_choice(init, "init", INIT_SCHEMES, fn="create")
 
-  spec = MODELS[name]
   accepted = [p.name for p in inspect.signature(spec.builder).parameters.values()
               if p.kind is inspect.Parameter.KEYWORD_ONLY]
   unknown = sorted(set(model_kwargs) - set(accepted))
@@ -364,7 +425,8 @@ def create(name: str, num_classes: int, input_shape: Sequence[int],
     init_module = module
 
   init_key, reinit_key = jax.random.split(key)
-  dummy = jnp.zeros((1,) + input_shape, jnp.float32)
+  dummy = jnp.zeros((1,) + input_shape,
+                    jnp.int32 if spec.inputs == "tokens" else jnp.float32)
   with nn.intercept_methods(record_bn):
     # One compiled program rather than many eagerly dispatched ops.
     variables = jax.jit(functools.partial(init_module.init, train=False))(
@@ -375,5 +437,6 @@ def create(name: str, num_classes: int, input_shape: Sequence[int],
                      input_shape=input_shape,
                      has_batch_norm="batch_stats" in variables,
                      bn_layers=tuple(bn_layers),
-                     fixed_resolution=spec.fixed_resolution)
+                     fixed_resolution=spec.fixed_resolution,
+                     inputs=spec.inputs)
   return apply_fn, variables

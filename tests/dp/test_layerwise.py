@@ -157,10 +157,10 @@ class _SharedDense(nn.Module):
 
 @pytest.mark.parametrize("module,leaf,reason", [
     (_WithGroupNorm(), "['params']['norm']['scale']",
-     "not a Dense/Conv kernel or bias"),
+     "not a Dense/Conv/Embed kernel or bias"),
     (_SharedDense(), "['params']['shared']['kernel']", "shared by several calls"),
 ])
-def test_uncovered_parameters_are_named_and_auto_falls_back(module, leaf, reason):
+def test_uncovered_parameters_are_named_and_auto_takes_mixed(module, leaf, reason):
   shape = (6, 6, 2) if isinstance(module, _WithGroupNorm) else (3,)
   x = jax.random.normal(jax.random.key(0), (4,) + shape)
   y = jnp.arange(4) % 3

@@ -1,0 +1,109 @@
+"""Mixed per-example path (book-keeping + per-example offsets) equals vmap."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxleak import dp, models
+from jaxleak.dp import layerwise
+
+TINY = {"dim": 16, "depth": 1, "heads": 2, "mlp_dim": 16}
+
+
+def _assert_same(a, b, rtol=2e-5):
+  np.testing.assert_allclose(a.norms, b.norms, rtol=rtol)
+  np.testing.assert_array_equal(np.asarray(a.weights) == 0,
+                                np.asarray(b.weights) == 0)
+  np.testing.assert_allclose(a.weights, b.weights, rtol=rtol)
+  for x, y in zip(jax.tree.leaves(a.grad_sum), jax.tree.leaves(b.grad_sum)):
+    scale = float(jnp.max(jnp.abs(y)))
+    assert scale > 0
+    np.testing.assert_allclose(x, y, rtol=0, atol=2e-5 * scale)
+
+
+def _both(loss_fn, params, batch, mask, rule=None, **kw):
+  rule = rule or dp.clip(0.05)
+  run = lambda path: jax.jit(lambda p: dp.weighted_grad_sum(
+      loss_fn, p, batch, rule, mask=mask, path=path, **kw))(params)
+  return run("auto"), run("vmap")
+
+
+@pytest.mark.parametrize("name,shape", [("vit", (8, 8, 3)),
+                                        ("text_transformer", (10,))])
+def test_mixed_equals_vmap_for_transformers_with_mask_and_nan(name, shape):
+  apply_fn, params = models.create(name, 5, shape, jax.random.key(0), **TINY)
+  b = 6
+  if name == "vit":
+    x = jax.random.uniform(jax.random.key(1), (b,) + shape)
+    x = x.at[2].set(jnp.nan)  # A broken example: weight 0, never in the sum.
+  else:
+    # Repeated tokens exercise the token-equality Gram of the embedding.
+    x = jax.random.randint(jax.random.key(1), (b,) + shape, 0, 256)
+    x = x.at[:, :3].set(7).at[2, 5:].set(9)
+  y = jnp.arange(b) % 5
+  loss_fn = lambda p, bt: models.cross_entropy_loss(apply_fn(p, bt[0]), bt[1])
+  plan = layerwise.plan(lambda p, bt: (loss_fn(p, bt), None), params, (x, y))
+  kinds = {layer.kind for layer in plan.layers}
+  assert kinds == ({"conv", "dense"} if name == "vit" else {"embed", "dense"})
+  # Only the LayerNorms, positional embedding (and class token) go per example.
+  assert all("norm" in u or "pos_embedding" in u or "cls_token" in u
+             for u in plan.uncovered), plan.uncovered
+  mask = jnp.arange(b) != 4
+  got, ref = _both(loss_fn, params, (x, y), mask)
+  if name == "vit":
+    assert not np.isfinite(float(got.norms[2])) and float(got.weights[2]) == 0
+  assert float(got.weights[4]) == 0 and float(jnp.min(got.norms[:2])) > 0.05
+  _assert_same(got, ref)
+
+
+def test_embedding_norm_without_per_example_table_matches_materialised():
+  table = nn.Embed(7, 3)
+  tokens = jnp.array([[1, 1, 2, 6], [0, 5, 5, 5]])
+  params = table.init(jax.random.key(0), tokens)
+  loss_fn = lambda p, bt: jnp.mean(jnp.sin(table.apply(p, bt[0])) * bt[1])
+  weights = jax.random.normal(jax.random.key(1), (2, 4, 3))
+  per_example = dp.per_example_grads(loss_fn, params, (tokens, weights))
+  want = dp.global_norms(per_example)
+  out = dp.weighted_grad_sum(loss_fn, params, (tokens, weights), dp.clip(1e9),
+                             path="layerwise")
+  np.testing.assert_allclose(out.norms, want, rtol=1e-6)
+  np.testing.assert_allclose(out.grad_sum["params"]["embedding"],
+                             per_example["params"]["embedding"].sum(0),
+                             atol=1e-7)
+
+
+class _NnxMLP(nnx.Module):
+  def __init__(self, rngs):
+    self.dense = nnx.Linear(6, 8, rngs=rngs)
+    self.norm = nnx.LayerNorm(8, rngs=rngs)
+    self.head = nnx.Linear(8, 3, rngs=rngs)
+
+  def __call__(self, x):
+    return self.head(nnx.gelu(self.norm(self.dense(x))))
+
+
+def test_nnx_model_through_split_and_merge():
+  graphdef, state = nnx.split(_NnxMLP(nnx.Rngs(0)))
+
+  def loss_fn(s, bt):
+    return models.cross_entropy_loss(nnx.merge(graphdef, s)(bt[0]), bt[1])
+
+  x = jax.random.normal(jax.random.key(2), (6, 6)).at[1].set(jnp.inf)
+  y = jnp.arange(6) % 3
+  mask = jnp.arange(6) < 5
+  mixed = jax.jit(lambda s: dp.weighted_grad_sum(
+      loss_fn, s, (x, y), dp.auto_s(1.0), mask=mask, path="mixed"))(state)
+  _, ref = _both(loss_fn, state, (x, y), mask, rule=dp.auto_s(1.0))
+  assert float(mixed.weights[1]) == 0 and float(mixed.weights[5]) == 0
+  _assert_same(mixed, ref)
+  # nnx.Linear has no linen taps: auto takes vmap, the optax path still works.
+  tx = dp.dp_sgd(0.1, 1.0, 0.0, key=0, expected_batch_size=6)
+  updates, _ = jax.jit(lambda s: tx.update(
+      None, tx.init(s), s, loss_fn=loss_fn, batch=(x, y), mask=mask))(state)
+  want = jax.jit(lambda s: dp.weighted_grad_sum(
+      loss_fn, s, (x, y), dp.clip(1.0), mask=mask, path="vmap").grad_sum)(state)
+  for got, ref in zip(jax.tree.leaves(updates), jax.tree.leaves(want)):
+    np.testing.assert_allclose(got, -0.1 * ref / 6, atol=1e-7)
