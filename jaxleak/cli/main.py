@@ -16,6 +16,7 @@ import sys
 
 # Module names under jaxleak.cli, in the order `jaxleak --help` lists them.
 SUBCOMMANDS = (
+    "audit",
     "info",
     "train",
     "dp",
