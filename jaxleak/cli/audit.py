@@ -146,10 +146,7 @@ def _config(args):
 
 
 def run(args) -> int:
-  from jaxleak import data  # pylint: disable=g-import-not-at-top
-  from jaxleak.privacy_audit import pipeline  # pylint: disable=g-import-not-at-top
-  from jaxleak.privacy_audit import report  # pylint: disable=g-import-not-at-top
-
+  from jaxleak import runloop  # pylint: disable=g-import-not-at-top
   rerun = tuple(s.strip() for s in args.rerun.split(",") if s.strip())
   for s in rerun:
     if s not in _STAGE_NAMES:
@@ -157,7 +154,16 @@ def run(args) -> int:
                        f"{', '.join(_STAGE_NAMES)}")
   config = _config(args)
   config.validate()
-  os.makedirs(args.workdir, exist_ok=True)
+  # Checked before any data loads; removed again if the run fails empty.
+  with runloop.workdir_guard(args.workdir):
+    return _audit(args, config, rerun)
+
+
+def _audit(args, config, rerun) -> int:
+  from jaxleak import data  # pylint: disable=g-import-not-at-top
+  from jaxleak.privacy_audit import pipeline  # pylint: disable=g-import-not-at-top
+  from jaxleak.privacy_audit import report  # pylint: disable=g-import-not-at-top
+
   command = _command(args)
   print(f"privacy audit of {config.model} on {config.dataset} "
         f"({'quick' if args.quick else 'full'}); workdir {args.workdir}",

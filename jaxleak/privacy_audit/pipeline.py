@@ -182,7 +182,7 @@ def _dp_name(rule: str, eps: float) -> str:
 def stage_models(ctx: Context) -> dict[str, Any]:
   """Trains (or restores) the non-private model and every DP model."""
   from jaxleak import sharding, training  # pylint: disable=g-import-not-at-top
-  from jaxleak.dp import training as dp_training  # pylint: disable=g-import-not-at-top
+  from jaxleak import dp_training  # pylint: disable=g-import-not-at-top
 
   cfg = ctx.config
   rows = []
