@@ -529,6 +529,7 @@ def stage_unlearning(ctx: Context) -> dict[str, Any]:
                          l2=5e-4, seed=cfg.seed)
   history = ul.train_with_history(
       ctx.apply_fn, ctx.init_params, ctx.train, recipe,
+      snapshots=min(2, cfg.unlearn_epochs - 1),
       workdir=ctx.dir("stages", "unlearning_history"),
       progress=ctx.progress)
   n = len(ctx.train)
