@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxleak._src import validate
+from jaxleak._src.registry import Registry
 from jaxleak.models import architectures as arch
 from jaxleak.models.initializers import INIT_SCHEMES, reinit
 
@@ -126,7 +127,7 @@ def _build_resnet18(num_classes: int, *, width: int = 64,
   return arch.ResNet18(num_classes=num_classes, width=width, norm=norm)
 
 
-MODELS: dict[str, ModelSpec] = {
+MODELS: Registry[ModelSpec] = Registry("model", {
     "lenet": ModelSpec(_build_lenet, True,
                        "DLG sigmoid LeNet: 3 conv 5x5x12 + Dense",
                        default_init="uniform"),
@@ -139,12 +140,12 @@ MODELS: dict[str, ModelSpec] = {
                            "tanh DP-SGD CIFAR-10 CNN, 551k params"),
     "resnet18": ModelSpec(_build_resnet18, False,
                           "CIFAR-style ResNet-18, GroupNorm by default"),
-}
+}, check=lambda spec: isinstance(spec, ModelSpec), requirement="a ModelSpec")
 
 
 def available() -> list[str]:
-  """Names accepted by `create`, sorted."""
-  return sorted(MODELS)
+  """Names accepted by `create`, sorted (``MODELS.available()``)."""
+  return MODELS.available()
 
 
 def _mean_var(h: Array, axis: int) -> tuple[Array, Array]:
