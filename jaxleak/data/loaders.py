@@ -15,6 +15,7 @@ prepared; nothing is ever downloaded.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import functools
 import gzip
 import importlib.util
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from jaxleak._src import validate
+from jaxleak._src.registry import Registry
 from jaxleak.data import _checks
 from jaxleak.data.dataset import Dataset
 
@@ -340,11 +342,17 @@ def _raw_lfw_faces() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
   return images, np.zeros((100,), np.int32), ("face",)
 
 
-_RAW_LOADERS = {
-    "digits": _raw_digits,
-    "mnist_subset": _raw_mnist_subset,
-    "lfw_faces": _raw_lfw_faces,
-}
+# Embedded datasets by name: raw_loader(resolution) -> (images, labels,
+# class_names); None means native size. EMBEDDED lists them in display order.
+DATASETS: Registry[Callable[[int | None], tuple[np.ndarray, np.ndarray,
+                                                tuple[str, ...]]]] = Registry(
+    "dataset", {
+        "digits": lambda resolution: _raw_digits(),
+        "mnist_subset": lambda resolution: _raw_mnist_subset(),
+        "sample_images": lambda resolution: _raw_sample_images(
+            resolution or SAMPLE_IMAGES_DEFAULT_RESOLUTION),
+        "lfw_faces": lambda resolution: _raw_lfw_faces(),
+    })
 
 
 @functools.lru_cache(maxsize=8)
@@ -353,11 +361,11 @@ def _raw(name: str, resolution: int | None
   """All examples of an embedded dataset at one resolution, cached."""
   if name == "sample_images":
     # No common native size: each image is cropped and resized individually.
-    return _raw_sample_images(resolution or SAMPLE_IMAGES_DEFAULT_RESOLUTION)
+    return DATASETS.get(name)(resolution)
   if resolution is not None:
     images, labels, class_names = _raw(name, None)
     return _resize_batch(images, resolution), labels, class_names
-  return _RAW_LOADERS[name]()
+  return DATASETS.get(name)(None)
 
 
 @functools.lru_cache(maxsize=None)

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxleak._src import validate
+from jaxleak._src.registry import Registry
 from jaxleak.models import architectures as arch
 from jaxleak.models import transformers
 from jaxleak.models.initializers import INIT_SCHEMES, reinit
@@ -163,7 +164,7 @@ def _build_text_transformer(num_classes: int, *, vocab_size: int = 256,
       heads=heads, mlp_dim=mlp_dim)
 
 
-MODELS: dict[str, ModelSpec] = {
+MODELS: Registry[ModelSpec] = Registry("model", {
     "lenet": ModelSpec(_build_lenet, True,
                        "DLG sigmoid LeNet: 3 conv 5x5x12 + Dense",
                        default_init="uniform"),
@@ -182,12 +183,12 @@ MODELS: dict[str, ModelSpec] = {
         _build_text_transformer, True,
         "small pre-LN transformer over int tokens [B, L], mean-pooled",
         inputs="tokens"),
-}
+}, check=lambda spec: isinstance(spec, ModelSpec), requirement="a ModelSpec")
 
 
 def available() -> list[str]:
-  """Names accepted by `create`, sorted."""
-  return sorted(MODELS)
+  """Names accepted by `create`, sorted (``MODELS.available()``)."""
+  return MODELS.available()
 
 
 def _mean_var(h: Array, axis: int) -> tuple[Array, Array]:

@@ -25,6 +25,7 @@ import numpy as np
 
 from jaxleak import checkpoint as checkpoint_lib
 from jaxleak._src import validate
+from jaxleak._src.registry import Registry
 from jaxleak.data.dataset import as_arrays
 from jaxleak.unlearning import _sgd
 from jaxleak.unlearning import history as history_lib
@@ -50,22 +51,17 @@ class Unlearner(Protocol):
     ...
 
 
-UNLEARNERS: dict[str, Callable[..., Params]] = {}
+UNLEARNERS: Registry[Callable[..., Params]] = Registry("unlearner")
 
 
 def register(name: str) -> Callable[[Callable[..., Params]], Callable[..., Params]]:
   """Decorator adding an unlearning function to `UNLEARNERS` under `name`."""
-  def wrap(fn):
-    if name in UNLEARNERS:
-      raise ValueError(f"register: unlearner {name!r} is already registered")
-    UNLEARNERS[name] = fn
-    return fn
-  return wrap
+  return UNLEARNERS.register(name)
 
 
 def available() -> list[str]:
-  """Registered unlearner names, sorted."""
-  return sorted(UNLEARNERS)
+  """Registered unlearner names, sorted (``UNLEARNERS.available()``)."""
+  return UNLEARNERS.available()
 
 
 def get(name: str, **hparams: Any) -> Unlearner:
@@ -76,7 +72,7 @@ def get(name: str, **hparams: Any) -> Unlearner:
     TypeError: a keyword the method does not accept (lists the accepted).
   """
   validate.check_choice(name, "name", available(), fn="unlearning.get")
-  fn = UNLEARNERS[name]
+  fn = UNLEARNERS.get(name)
   accepted = [p.name for p in inspect.signature(fn).parameters.values()
               if p.kind is inspect.Parameter.KEYWORD_ONLY]
   unknown = sorted(set(hparams) - set(accepted))

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from jaxleak._src import validate
+from jaxleak._src.registry import Registry
 from jaxleak.attacks.inversion import defences as defences_lib
 from jaxleak.attacks.inversion import results
 from jaxleak.attacks.inversion import threat_model
@@ -81,7 +82,7 @@ class Case:
     return dataclasses.replace(self, **changes)
 
 
-CASES: dict[str, Case] = {
+CASES: Registry[Case] = Registry("case", {
     # DLG's setting: sigmoid LeNet, U(-0.5, 0.5) weights, one image.
     "dlg_lenet_mnist": Case(model="lenet", dataset="mnist_subset",
                             init="uniform"),
@@ -100,23 +101,18 @@ CASES: dict[str, Case] = {
                                     model_kwargs=(("norm", "batch"),)),
     # Tiny and fast: 8x8 digits.
     "tiny_lenet_digits": Case(model="lenet", dataset="digits"),
-}
-"""Named cases; `register_case` adds more."""
+}, check=lambda case: isinstance(case, Case), requirement="a Case")
+"""Named cases; `register_case` (``CASES.register``) adds more."""
 
 
 def available_cases() -> list[str]:
-  return sorted(CASES)
+  """Registered case names, sorted (``CASES.available()``)."""
+  return CASES.available()
 
 
 def register_case(name: str, case: Case, *, overwrite: bool = False) -> None:
-  """Adds `case` to `CASES` under `name` (ValueError if taken)."""
-  if not isinstance(case, Case):
-    raise TypeError(f"register_case: argument 'case' must be a Case, got "
-                    f"{case!r}")
-  if name in CASES and not overwrite:
-    raise ValueError(f"register_case: argument 'name' {name!r} is already "
-                     "registered; pass overwrite=True to replace it")
-  CASES[name] = case
+  """``CASES.register(name, case, overwrite=)`` (ValueError if taken)."""
+  CASES.register(name, case, overwrite=overwrite)
 
 
 class PrivateBatch(NamedTuple):

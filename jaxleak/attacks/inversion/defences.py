@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxleak._src import validate
+from jaxleak._src.registry import Registry
 from jaxleak.attacks.inversion import objectives
 
 PyTree = Any
@@ -293,25 +294,25 @@ class Compose(Defence):
             "defences": [d.describe() for d in self.defences]}
 
 
-DEFENCES: dict[str, Callable[..., Defence]] = {
+DEFENCES: Registry[Callable[..., Defence]] = Registry("defence", {
     "none": NoDefence,
     "gaussian": GaussianNoise,
     "laplacian": LaplacianNoise,
     "dp_clip": DPClip,
     "topk": TopK,
     "quantize": Quantize,
-}
+})
 """Defence factories by name; ``DEFENCES[name](**params) -> Defence``."""
 
 
 def available_defences() -> list[str]:
-  """Names accepted by `make_defence`, sorted."""
-  return sorted(DEFENCES)
+  """Names accepted by `make_defence`, sorted (``DEFENCES.available()``)."""
+  return DEFENCES.available()
 
 
 def register_defence(name: str, factory: Callable[..., Defence], *,
                      overwrite: bool = False) -> None:
-  """Adds a defence factory to `DEFENCES`.
+  """``DEFENCES.register(name, factory, overwrite=)``.
 
   Args:
     name: registry name.
@@ -322,15 +323,7 @@ def register_defence(name: str, factory: Callable[..., Defence], *,
     ValueError: if `name` is taken and not `overwrite`.
     TypeError: if `factory` is not callable.
   """
-  if not callable(factory):
-    raise TypeError(
-        "register_defence: argument 'factory' must be callable, got "
-        f"{factory!r}")
-  if name in DEFENCES and not overwrite:
-    raise ValueError(
-        f"register_defence: argument 'name' {name!r} is already registered; "
-        "pass overwrite=True to replace it")
-  DEFENCES[name] = factory
+  DEFENCES.register(name, factory, overwrite=overwrite)
 
 
 def make_defence(defence: str | Defence | Sequence[Any] | None = None,

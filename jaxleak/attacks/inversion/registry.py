@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from jaxleak._src import validate
+from jaxleak._src.registry import Registry
 from jaxleak.attacks.inversion import results
 from jaxleak.attacks.inversion import threat_model
 
@@ -26,18 +26,19 @@ __all__ = ("ATTACKS", "AttackFn", "register_attack", "get_attack",
 
 AttackFn = Callable[..., results.InversionResult]
 
-ATTACKS: dict[str, AttackFn] = {}
-"""Registered attacks by name; each attack module registers its own."""
+ATTACKS: Registry[AttackFn] = Registry("attack")
+"""Registered attacks by name (`available()`, `get(name)`, `register(...)`);
+each attack module registers its own."""
 
 
 def available_attacks() -> list[str]:
-  """Registered attack names, sorted."""
-  return sorted(ATTACKS)
+  """Registered attack names, sorted (``ATTACKS.available()``)."""
+  return ATTACKS.available()
 
 
 def register_attack(name: str, fn: AttackFn, *, overwrite: bool = False
                     ) -> AttackFn:
-  """Registers `fn` under `name` and returns it (usable as a decorator body).
+  """``ATTACKS.register(name, fn, overwrite=)``: adds an attack, returns it.
 
   Args:
     name: the registry name (a non-empty str).
@@ -49,23 +50,12 @@ def register_attack(name: str, fn: AttackFn, *, overwrite: bool = False
     ValueError: if `name` is empty or already taken (without `overwrite`).
     TypeError: if `fn` is not callable.
   """
-  if not isinstance(name, str) or not name:
-    raise ValueError(f"register_attack: argument 'name' must be a non-empty "
-                     f"str, got {name!r}")
-  if not callable(fn):
-    raise TypeError(f"register_attack: argument 'fn' must be callable, got "
-                    f"{fn!r}")
-  if name in ATTACKS and not overwrite:
-    raise ValueError(f"register_attack: argument 'name' {name!r} is already "
-                     "registered; pass overwrite=True to replace it")
-  ATTACKS[name] = fn
-  return fn
+  return ATTACKS.register(name, fn, overwrite=overwrite)
 
 
 def get_attack(name: str) -> AttackFn:
   """The attack registered as `name`; ValueError listing the names if none."""
-  validate.check_choice(name, "attack", available_attacks(), fn="get_attack")
-  return ATTACKS[name]
+  return ATTACKS.get(name)
 
 
 def run_attack(name: str, observation: threat_model.GradientObservation, *,
