@@ -14,6 +14,8 @@ _SUBMODULES = (
     "metrics",
     "checkpoint",
     "training",
+    "runloop",
+    "dp_training",
     "dp",
     "attacks",
     "diffusion",

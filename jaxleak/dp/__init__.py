@@ -1,5 +1,10 @@
 """Differentially private training: weight rules, optax transforms, accounting.
 
+This package is the auditable core: it imports nothing of jaxleak's training,
+models, data, report, sharding or checkpoint modules, so the privacy
+guarantee can be checked by reading `jaxleak/dp/` alone. The sharded,
+checkpointed training driver built on it is `jaxleak.dp_training`.
+
 Quick start (DP-PSASC chained like any optax optimiser; the transform takes
 the loss and the batch and runs the layerwise/mixed per-example path)::
 
