@@ -656,8 +656,10 @@ def named_attack(name: str, config: AttackConfig, options: tuple[str, ...],
              **overrides):
     unknown = sorted(set(overrides) - set(options))
     if unknown:
-      raise TypeError(f"{name}: unexpected argument(s) {unknown}; this "
-                      f"attack's options are {list(options)}")
+      # Worded like Python's own error for a function's unknown keyword.
+      raise TypeError(f"{name}() got an unexpected keyword argument "
+                      f"{unknown[0]!r}; this attack's options are "
+                      f"{list(options)}")
     return gradient_matching(observation, config.replace(**overrides),
                              key=key, ground_truth=ground_truth,
                              callback=callback, name=name)
