@@ -38,11 +38,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
-from jaxleak import data  # noqa: E402  pylint: disable=g-import-not-at-top
-from jaxleak import diffusion  # noqa: E402  pylint: disable=g-import-not-at-top
-from jaxleak import models  # noqa: E402  pylint: disable=g-import-not-at-top
-from jaxleak.attacks import inversion  # noqa: E402  pylint: disable=g-import-not-at-top
-from jaxleak.attacks.inversion import user_level  # noqa: E402  pylint: disable=g-import-not-at-top
+from jaxleak import data  # pylint: disable=g-import-not-at-top
+from jaxleak import diffusion  # pylint: disable=g-import-not-at-top
+from jaxleak import models  # pylint: disable=g-import-not-at-top
+from jaxleak.attacks import inversion  # pylint: disable=g-import-not-at-top
+from jaxleak.attacks.inversion import user_level  # pylint: disable=g-import-not-at-top
 
 
 def _observation(batch_size: int, apply_fn, params):

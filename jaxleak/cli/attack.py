@@ -142,6 +142,8 @@ def register(subparsers) -> None:
                  help="DDIM steps back-propagated through (4)")
   u.add_argument("--num-representatives", type=_common.positive_int, default=None,
                  help="representative images per user (1)")
+  u.add_argument("--train-epochs", type=_common.positive_int, default=15,
+                 help="epochs for training the victim and the judge")
   p.add_argument("--trials", type=_common.positive_int, default=1,
                  help="private batches to attack; mean and std are reported")
   p.add_argument("--fast-compile", action="store_true",

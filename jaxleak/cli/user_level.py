@@ -50,7 +50,7 @@ def split_pool(train: Any, seed: int) -> tuple[Any, Any]:
   pool, rest = [], []
   for c in np.unique(train.labels):
     idx = rng.permutation(np.flatnonzero(train.labels == c))
-    cut = int(round(POOL_SHARE * idx.size))
+    cut = round(POOL_SHARE * idx.size)
     pool.append(idx[:cut])
     rest.append(idx[cut:])
   return (train.subset(np.sort(np.concatenate(pool))),
@@ -169,6 +169,7 @@ def save_user_figure(batch: np.ndarray, reps: np.ndarray, path: str, *,
 
 def run(args, attack_fn, kwargs: dict, defence: tuple[str, dict]) -> int:
   """The CLI's user-level path (see the module docstring)."""
+  import contextlib  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
 
   from jaxleak import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
@@ -186,11 +187,25 @@ def run(args, attack_fn, kwargs: dict, defence: tuple[str, dict]) -> int:
   if args.batch_size < 1:
     raise ValueError(f"argument --batch-size must be >= 1, got "
                      f"{args.batch_size}")
+  if args.train_epochs < 1:
+    raise ValueError(f"argument --train-epochs must be >= 1, got "
+                     f"{args.train_epochs}")
   if not 0 < args.share <= 1:
     raise ValueError(f"argument --share must be in (0, 1], got {args.share}")
   if args.resolution is not None:
     raise ValueError("argument --resolution is not supported with --users "
                      "(the victim and judge use the dataset's native size)")
+  from jaxleak import data  # pylint: disable=g-import-not-at-top
+  # Check the user partition before any training (errors name the flags).
+  pool, _ = split_pool(data.load(args.dataset, "train", args.data_dir),
+                       args.seed)
+  try:
+    make_users(pool, args.users, args.batch_size, args.user_mode,
+               args.share, args.seed)
+  except (ValueError, TypeError) as e:
+    raise ValueError(str(e).replace("argument 'batch_size'", "--batch-size")
+                     .replace("argument 'users'", "--users")
+                     .replace("argument 'share'", "--share")) from None
   workdir = _common.default_workdir(f"attack-{args.attack}", args)
   os.makedirs(workdir, exist_ok=True)
   t0 = time.perf_counter()
@@ -199,15 +214,13 @@ def run(args, attack_fn, kwargs: dict, defence: tuple[str, dict]) -> int:
         f"workdir {workdir}", flush=True)
   setup = prepare(args.dataset, workdir=workdir, victim_model=args.model,
                   seed=args.seed, data_dir=args.data_dir,
+                  victim_epochs=args.train_epochs,
+                  judge_epochs=args.train_epochs,
                   progress=not args.no_progress)
   print(f"victim accuracy on the user pool {setup.victim_accuracy:.3f}, "
         f"judge {setup.judge_accuracy:.3f}", flush=True)
-  try:
-    users = make_users(setup.pool, args.users, args.batch_size,
-                       args.user_mode, args.share, args.seed)
-  except (ValueError, TypeError) as e:
-    raise ValueError(str(e).replace("'batch_size'", "--batch-size").replace(
-        "'users'", "--users").replace("'share'", "--share")) from None
+  users = make_users(setup.pool, args.users, args.batch_size, args.user_mode,
+                     args.share, args.seed)
   defence_obj = inversion.make_defence(defence[0], **defence[1])
   pbar = None
   if not args.no_progress:
@@ -215,12 +228,15 @@ def run(args, attack_fn, kwargs: dict, defence: tuple[str, dict]) -> int:
     pbar = tqdm.tqdm(total=len(users), unit="user", desc=args.attack,
                      dynamic_ncols=True)
   reps, rows, results = [], [], []
+  compile_ctx = lambda: (inversion.compiler_options(inversion.FAST_COMPILE)
+                         if args.fast_compile else contextlib.nullcontext())
   for i, user in enumerate(users):
     obs = observe_user(setup, user, key=args.seed * 1000 + i,
                        defence=defence_obj,
                        reveal_labels=not args.hide_labels)
-    res = attack_fn(obs, key=args.seed * 100003 + i,
-                    ground_truth=(user.images, user.labels), **kwargs)
+    with compile_ctx():
+      res = attack_fn(obs, key=args.seed * 100003 + i,
+                      ground_truth=(user.images, user.labels), **kwargs)
     results.append(res)
     reps.append(res.images)
     rows.append({"user": i, "attribute": attribute(user),

@@ -468,8 +468,9 @@ def partition_users(dataset: Dataset, users: int,
     batch_size = _checks.check_int(batch_size, "batch_size", fn=fn, low=1)
     if users * batch_size > n:
       raise ValueError(
-          f"{fn}: {users} users of batch_size {batch_size} need "
-          f"{users * batch_size} examples, more than the {n} in "
+          f"{fn}: argument 'users' ({users}) x argument 'batch_size' "
+          f"({batch_size}) need {users * batch_size} examples, more than the "
+          f"{n} in "
           f"{dataset.name!r}; use fewer users or a smaller batch_size")
     chunks = _fixed_size_users(dataset.labels, users, batch_size, mode,
                                share, rng, fn)

@@ -30,13 +30,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.share = 0.7
   c.prior = "mnist"
   # user_level_diffusion (a reconstruction: the paper's values are unread).
-  c.attack = ml_collections.ConfigDict(dict(
-      steps=20, iterations=120, window=4, lr=0.05, tv=0.0,
-      distance="cosine", num_representatives=1, class_conditional=False))
+  c.attack = ml_collections.ConfigDict({
+      "steps": 20, "iterations": 120, "window": 4, "lr": 0.05, "tv": 0.0,
+      "distance": "cosine", "num_representatives": 1,
+      "class_conditional": False})
   # Baselines, each at the attack's per-user wall-clock budget.
   c.methods = ("user_level_diffusion", "ig_batch_mean", "ig_single",
                "prior_only")
-  c.ig = ml_collections.ConfigDict(dict(lr=0.1, tv=1e-4, restarts=1))
+  c.ig = ml_collections.ConfigDict({"lr": 0.1, "tv": 1e-4, "restarts": 1})
   # DP-SGD on the user's update (per-sample clipping + Gaussian noise).
   c.dp_batch_size = 30
   c.dp_mode = "label"

@@ -30,11 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = (
-    "embed",
-    "judge_logits",
     "attribute_accuracy",
-    "representative_similarity",
+    "embed",
     "identification_rate",
+    "judge_logits",
+    "representative_similarity",
     "score_users",
 )
 
