@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import numpy as np
 from jax.sharding import AxisType
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 __all__ = ("DATA_AXIS", "data_mesh", "shard_batch", "replicate",
-           "check_divisible", "device_varying")
+           "check_divisible", "device_varying", "to_local")
 
 DATA_AXIS = "data"
 
@@ -57,9 +58,30 @@ def shard_batch(mesh: Mesh, tree: Any) -> Any:
 
 
 def replicate(mesh: Mesh, tree: Any) -> Any:
-  """Places every leaf fully replicated on the mesh."""
+  """Places every leaf fully replicated on the mesh.
+
+  Across processes (`jax.distributed`), every process must pass the same
+  values; each builds its own devices' copies from its host copy, since CPU
+  backends have no cross-host device transfers.
+  """
   sharding = NamedSharding(mesh, P())
-  return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+  if jax.process_count() == 1:
+    return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+      sharding, np.asarray(x)), tree)
+
+
+def to_local(x: jax.Array, like: Any = None) -> jax.Array:
+  """A replicated mesh array as a single-device array of this process.
+
+  Placed like `like` (an array whose sharding to copy) if given; off a
+  multi-process mesh through this process's own replica, with no transfer
+  between hosts.
+  """
+  if jax.process_count() > 1 and not x.is_fully_addressable:
+    x = x.addressable_data(0)
+  home = getattr(like, "sharding", None)
+  return x if home is None else jax.device_put(x, home)
 
 
 def device_varying(tree: Any, axis: str = DATA_AXIS) -> Any:

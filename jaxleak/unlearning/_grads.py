@@ -22,7 +22,6 @@ import functools
 from typing import Any
 
 import jax
-from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import jax.numpy as jnp
 import numpy as np
@@ -119,17 +118,16 @@ class SubsetGradient:
     if self.mesh is None:
       return _grad_sum(self.apply_fn, self.unravel, w, x, y, m, self.chunk,
                        None)
-    home = getattr(w, "sharding", None)
     out = _grad_sum(self.apply_fn, self.unravel, self.replicate(w), x, y, m,
                     self.chunk, self.mesh)
     # Back where the caller's vector lives, so host-side updates mix freely.
-    return out if home is None else jax.device_put(out, home)
+    return sharding_lib.to_local(out, like=w)
 
   def replicate(self, tree: Any) -> Any:
     """Places `tree` replicated on the mesh (unchanged without a mesh)."""
     if self.mesh is None:
       return tree
-    return jax.device_put(tree, NamedSharding(self.mesh, P()))
+    return sharding_lib.replicate(self.mesh, tree)
 
   def mean(self, w: jax.Array) -> jax.Array:
     """The mean loss gradient over the subset."""

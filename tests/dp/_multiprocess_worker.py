@@ -50,6 +50,29 @@ def step_fn(loss_fn, tx):
   return step
 
 
+def unlearning_problem():
+  """A tiny trained softmax regression with its history, and a forget set."""
+  from jaxleak import unlearning as ul  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  x = rng.random((64, 4, 4, 1), np.float32)
+  y = rng.integers(0, 3, 64).astype(np.int32)
+  apply_fn, params = models.create("mlp", 3, (4, 4, 1), jax.random.key(2),
+                                   hidden=())
+  recipe = ul.sgd_recipe(epochs=2, batch_size=16, learning_rate=0.5, l2=1e-2,
+                         seed=0)
+  history = ul.train_with_history(apply_fn, params, (x, y), recipe,
+                                  snapshots=1, cache_steps=False)
+  return ul.Model(apply_fn, history.final_params), history, np.arange(5), (x, y)
+
+
+def unlearn(mesh):
+  """One Mini-Unlearning step, gradients sharded over `mesh` (or none)."""
+  from jaxleak import unlearning as ul  # pylint: disable=g-import-not-at-top
+  model, history, forget, data = unlearning_problem()
+  return ul.mini_unlearning(model, history, forget, data, steps=1, mesh=mesh,
+                            chunk_size=4)
+
+
 def main():
   pid, nproc, port, out = (int(sys.argv[1]), int(sys.argv[2]), sys.argv[3],
                            sys.argv[4])
@@ -85,8 +108,12 @@ def main():
   noise_flat = np.concatenate([np.asarray(v.addressable_data(0)).ravel()
                                for v in jax.tree.leaves(noise)])
   np.savez(os.path.join(out, f"noise{pid}.npz"), noise=noise_flat)
+  unlearned = unlearn(mesh)
   if jax.process_index() == 0:  # One writer for results and the ledger.
     np.savez(os.path.join(out, "params.npz"), **flat)
+    np.savez(os.path.join(out, "unlearned.npz"),
+             **{jax.tree_util.keystr(k): np.asarray(v) for k, v in
+                jax.tree_util.tree_flatten_with_path(unlearned)[0]})
     ledger = dp.accounting.PrivacyLedger(delta=1e-5)
     ledger.record(SIGMA, B / 1000)
     with open(os.path.join(out, "ledger.json"), "w") as f:

@@ -1,4 +1,5 @@
-"""A real 2-process DP step (jax.distributed, gloo CPU collectives)."""
+"""A real 2-process run (jax.distributed, gloo CPU collectives): one DP step
+and one Mini-Unlearning step equal the single-process results."""
 
 import os
 import socket
@@ -37,7 +38,8 @@ def test_two_processes_equal_one_and_draw_the_noise_once(tmp_path):
   print(f"2-process DP step: {wall:.1f} s wall")
   # One writer: process 0 wrote the params and the ledger, process 1 did not.
   assert sorted(os.listdir(tmp_path)) == ["ledger.json", "noise0.npz",
-                                          "noise1.npz", "params.npz"]
+                                          "noise1.npz", "params.npz",
+                                          "unlearned.npz"]
   # Reference: the same step in this single process (one device, no mesh;
   # jax_threefry_partitionable is on by default since JAX 0.5).
   assert jax.config.jax_threefry_partitionable
@@ -57,3 +59,14 @@ def test_two_processes_equal_one_and_draw_the_noise_once(tmp_path):
   assert n0.size > 4000
   assert abs(np.std(n0) / (worker.SIGMA * worker.CLIP) - 1) < 0.05
   assert abs(np.mean(n0)) < 0.1 * worker.SIGMA * worker.CLIP
+  # Mini-Unlearning with gradients sharded over both processes' 8 devices.
+  got = np.load(tmp_path / "unlearned.npz")
+  want = worker.unlearn(mesh=None)
+  start = worker.unlearning_problem()[0].params
+  for (path, leaf), (_, w0) in zip(jax.tree_util.tree_flatten_with_path(want)[0],
+                                   jax.tree_util.tree_flatten_with_path(start)[0],
+                                   strict=True):
+    moved = float(np.max(np.abs(np.asarray(leaf) - np.asarray(w0))))
+    assert moved > 1e-4  # The step did something.
+    np.testing.assert_allclose(got[jax.tree_util.keystr(path)], leaf, rtol=0,
+                               atol=1e-3 * moved)
