@@ -65,9 +65,7 @@ def _check_act(act: str, fn: str = "create") -> None:
 
 
 def _check_width(width: int) -> None:
-  if not isinstance(width, int) or isinstance(width, bool) or width < 1:
-    raise ValueError(
-        f"create: argument 'width' must be a positive int, got {width!r}")
+  validate.check_int(width, "width", fn="create")
 
 
 def _build_lenet(num_classes: int, *, act: str = "sigmoid") -> nn.Module:
@@ -322,10 +320,7 @@ def create(name: str, num_classes: int, input_shape: Sequence[int],
   validate.check_choice(name, "name", available(), fn="create")
   if isinstance(key, int) and not isinstance(key, bool):
     key = jax.random.key(key)
-  if (not isinstance(num_classes, int) or isinstance(num_classes, bool)
-      or num_classes < 1):
-    raise ValueError(
-        f"create: argument 'num_classes' must be a positive int, got {num_classes!r}")
+  validate.check_int(num_classes, "num_classes", fn="create")
   input_shape = _check_input_shape(input_shape)
   validate.check_choice(init, "init", INIT_SCHEMES, fn="create")
 

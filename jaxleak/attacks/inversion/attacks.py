@@ -290,10 +290,7 @@ def _check_hparams(fn: str, *, steps, restarts, lr, init, optimizer, loop,
                    log_every, weights: dict[str, float]) -> None:
   for name, value in (("steps", steps), ("restarts", restarts),
                       ("log_every", log_every)):
-    if (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
-        or value < 1):
-      raise ValueError(f"{fn}: argument '{name}' must be a positive int, got "
-                       f"{value!r}")
+    validate.check_int(value, name, fn=fn)
   if lr is not None:
     validate.check_positive(lr, "lr", fn=fn)
   validate.check_choice(init, "init", tuple(INITS), fn=fn)
