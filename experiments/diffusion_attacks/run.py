@@ -27,7 +27,6 @@ Then ``report.md``, ``results.md``/``results.csv`` and the PNGs are written:
 import csv
 import json
 import os
-import sys
 import time
 
 from absl import app
@@ -35,8 +34,6 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
@@ -125,7 +122,7 @@ def rv_record(cfg, workdir, model, trial, done):
   """RV over candidate test images for this trial's victim parameters."""
   import jax  # pylint: disable=g-import-not-at-top
   from jaxleak.attacks import inversion  # pylint: disable=g-import-not-at-top
-  from jaxleak.attacks.inversion import cases as cases_lib  # pylint: disable=g-import-not-at-top
+  from jaxleak import data as data_lib  # pylint: disable=g-import-not-at-top
   from jaxleak.attacks.inversion import theory  # pylint: disable=g-import-not-at-top
   # Older records lack the logits RV and the posterior floor: they are
   # recomputed and the report uses the newest record per trial.
@@ -135,8 +132,8 @@ def rv_record(cfg, workdir, model, trial, done):
   case = _case(cfg, model)
   batch = inversion.simulate(case, seed=cfg.seed, trial=trial)
   obs = batch.observation
-  ds = cases_lib._dataset(case.dataset, case.split, case.resolution,  # pylint: disable=protected-access
-                          case.data_dir)
+  ds = data_lib.load(case.dataset, case.split, case.data_dir,
+                     resolution=case.resolution)
   rng = np.random.default_rng([cfg.seed, 777])
   idx = rng.choice(len(ds.labels), cfg.rv.num_candidates, replace=False)
   cand = np.concatenate([batch.ground_truth.images,

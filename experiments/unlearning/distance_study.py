@@ -40,10 +40,7 @@ import os
 import sys
 import time
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(_HERE)))
-sys.path.insert(0, _HERE)
-
+# The script's folder is sys.path[0] when it runs, so the sweep is importable.
 from sweep import load_config  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -84,7 +81,7 @@ def main(argv=None) -> int:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jaxleak import data, models, report  # pylint: disable=g-import-not-at-top
   from jaxleak import unlearning as ul  # pylint: disable=g-import-not-at-top
-  from jaxleak.unlearning import _grads, _sgd, base  # pylint: disable=g-import-not-at-top
+  from jaxleak.unlearning import base  # pylint: disable=g-import-not-at-top
 
   cfg = load_config(args.config)
   os.makedirs(args.out, exist_ok=True)
@@ -143,10 +140,10 @@ def main(argv=None) -> int:
 
   # GD-filter limit: Lanczos on the retained Hessian at w* (secant products).
   prob = base.prepare(model, history, forget, train, "distance_study")
-  retained = _grads.SubsetGradient(prob.apply_fn, prob.unravel,
+  retained = ul.SubsetGradient(prob.apply_fn, prob.unravel,
                                    prob.images[prob.keep],
                                    prob.labels[prob.keep])
-  forget_grad = _grads.SubsetGradient(prob.apply_fn, prob.unravel,
+  forget_grad = ul.SubsetGradient(prob.apply_fn, prob.unravel,
                                       prob.images[prob.forget],
                                       prob.labels[prob.forget])
   full = jnp.asarray(history.full_grad)
@@ -161,7 +158,7 @@ def main(argv=None) -> int:
   shift = (n * full - forget_grad(w_star)) / (n - r) - full
   h = 1e-2  # secant step (weights have norm ~6; float32 keeps ~5 digits)
   matvec = lambda v: (retained_grad(w_star + h * v) - g_star) / h
-  etas = np.asarray(_sgd.step_learning_rates(recipe, n), np.float64)
+  etas = np.asarray(ul.step_learning_rates(recipe, n), np.float64)
 
   def gd_filter(theta):
     prod = np.ones_like(theta)
