@@ -1,12 +1,12 @@
 """One copy of each small primitive: tree helpers, int and key checks."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxleak._src import tree_util
-from jaxleak._src import validate
+from jaxleak._src import tree_util, validate
 
 
 def test_trainable_and_param_count_skip_batch_stats():
@@ -27,11 +27,10 @@ def test_gaussian_like_is_one_key_per_leaf_in_leaf_order():
   key = jax.random.key(7)
   noise = tree_util.gaussian_like(tree, key, 0.5)
   ka, kb = jax.random.split(key, 2)
-  np.testing.assert_array_equal(noise["a"],
-                                0.5 * jax.random.normal(ka, (2, 3)))
-  np.testing.assert_array_equal(
-      noise["b"], 0.5 * jax.random.normal(kb, (5,), jnp.float16))
-  assert noise["b"].dtype == jnp.float16
+  expected = {"a": 0.5 * jax.random.normal(ka, (2, 3)),
+              "b": 0.5 * jax.random.normal(kb, (5,), jnp.float16)}
+  chex.assert_trees_all_equal(noise, expected)
+  chex.assert_trees_all_equal_dtypes(noise, tree)
 
 
 def test_check_int_and_canonical_key():
