@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxleak._src import tree_util, validate
+from jaxleak._src import tree_util
+from jaxleak._src import validate
 
 
 def test_trainable_and_param_count_skip_batch_stats():

@@ -37,11 +37,10 @@ import functools
 import os
 from typing import Any, Callable, Optional
 
+import diffusers.utils.logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-import diffusers.utils.logging
 
 from jaxleak._src import matmul_conv
 from jaxleak._src import tree_util

@@ -34,7 +34,8 @@ import jax.numpy as jnp
 from jaxleak._src import validate
 from jaxleak._src.registry import Registry
 from jaxleak.models import architectures as arch
-from jaxleak.models.initializers import INIT_SCHEMES, reinit
+from jaxleak.models.initializers import INIT_SCHEMES
+from jaxleak.models.initializers import reinit
 
 Array = jax.Array
 Params = Any  # A Flax variables dict: {"params": ..., ["batch_stats": ...]}.
