@@ -75,9 +75,7 @@ def main(argv=None) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jax.flatten_util import ravel_pytree  # pylint: disable=g-import-not-at-top
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from jaxleak.metrics import figures  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jaxleak import data, models, report  # pylint: disable=g-import-not-at-top
   from jaxleak import unlearning as ul  # pylint: disable=g-import-not-at-top
@@ -197,7 +195,8 @@ def main(argv=None) -> int:
                f"{res['ridge_limit'][-1]:.4f} |")
   with open(os.path.join(args.out, "distance_study.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
-  fig, ax = plt.subplots(figsize=(6.5, 4))
+  fig = figures.new_figure((6.5, 4), 120)
+  ax = fig.subplots()
   for rho_tau, its in res["mini_iterates"].items():
     ax.plot(range(len(its)), its, marker=".",
             label=f"mini_unlearning, rho = {rho_tau}/tau")
@@ -212,7 +211,7 @@ def main(argv=None) -> int:
   ax.legend(fontsize=7)
   ax.set_title(f"{cfg.name}, ratio {args.ratio}, seed {args.seed}")
   fig.tight_layout()
-  fig.savefig(os.path.join(args.out, "distance_study.png"), dpi=120)
+  figures.save_figure(fig, os.path.join(args.out, "distance_study.png"), 120)
   print("\n".join(lines))
   return 0
 
