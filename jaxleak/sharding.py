@@ -28,7 +28,15 @@ DATA_AXIS = "data"
 
 def data_mesh(num_devices: int | None = None,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A 1-D ``("data",)`` mesh over `num_devices` (default: all) devices."""
+  """A 1-D ``("data",)`` mesh over `num_devices` (default: all) devices.
+
+  The one data mesh of the library. It spans ``jax.devices()``, the global
+  device list, not ``jax.local_devices()``: in a multi-process (multi-host)
+  run every process must build the same mesh over all processes' devices for
+  one SPMD program, and each process then supplies its local shard; a mesh
+  of local devices would give each host a different, disconnected program.
+  On one host both lists are the same.
+  """
   if devices is None:
     all_devices = jax.devices()
     n = len(all_devices) if num_devices is None else int(num_devices)

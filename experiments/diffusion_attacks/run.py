@@ -27,7 +27,6 @@ Then ``report.md``, ``results.md``/``results.csv`` and the PNGs are written:
 import csv
 import json
 import os
-import sys
 import time
 
 from absl import app
@@ -35,8 +34,6 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
@@ -125,7 +122,7 @@ def rv_record(cfg, workdir, model, trial, done):
   """RV over candidate test images for this trial's victim parameters."""
   import jax  # pylint: disable=g-import-not-at-top
   from jaxleak.attacks import inversion  # pylint: disable=g-import-not-at-top
-  from jaxleak.attacks.inversion import cases as cases_lib  # pylint: disable=g-import-not-at-top
+  from jaxleak import data as data_lib  # pylint: disable=g-import-not-at-top
   from jaxleak.attacks.inversion import theory  # pylint: disable=g-import-not-at-top
   # Older records lack the logits RV and the posterior floor: they are
   # recomputed and the report uses the newest record per trial.
@@ -135,8 +132,8 @@ def rv_record(cfg, workdir, model, trial, done):
   case = _case(cfg, model)
   batch = inversion.simulate(case, seed=cfg.seed, trial=trial)
   obs = batch.observation
-  ds = cases_lib._dataset(case.dataset, case.split, case.resolution,  # pylint: disable=protected-access
-                          case.data_dir)
+  ds = data_lib.load(case.dataset, case.split, case.data_dir,
+                     resolution=case.resolution)
   rng = np.random.default_rng([cfg.seed, 777])
   idx = rng.choice(len(ds.labels), cfg.rv.num_candidates, replace=False)
   cand = np.concatenate([batch.ground_truth.images,
@@ -238,9 +235,7 @@ def _mean_std(vals):
 
 def summarise(cfg, workdir):
   # pylint: disable=g-import-not-at-top
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from jaxleak.metrics import figures as figures_lib
   from jaxleak import metrics as metrics_lib
   from jaxleak import report
   from jaxleak.attacks.inversion import theory
@@ -282,8 +277,8 @@ def summarise(cfg, workdir):
   # PSNR / SSIM vs noise, one panel per victim.
   models = [m for m in cfg.models if any(r["model"] == m for r in runs)]
   if models:
-    fig, axes = plt.subplots(2, len(models), figsize=(5 * len(models), 7),
-                             squeeze=False)
+    fig = figures_lib.new_figure((5 * len(models), 7), 100)
+    axes = fig.subplots(2, len(models), squeeze=False)
     xs = [max(n, 1e-4) for n in cfg.noise_levels]
     for j, model in enumerate(models):
       for attack in _model_attacks(cfg, model):
@@ -304,14 +299,13 @@ def summarise(cfg, workdir):
       axes[0, j].legend(fontsize=8)
     fig.tight_layout()
     path = os.path.join(workdir, "psnr_ssim_vs_noise.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    figures_lib.save_figure(fig, path, 100)
     figures["PSNR and SSIM vs relative gradient-noise std"] = path
   # Theory: RMSE vs absolute noise std next to the linearised bound shape.
   rv_rows = []
   if rvs and models:
-    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4),
-                             squeeze=False)
+    fig = figures_lib.new_figure((5 * len(models), 4), 100)
+    axes = fig.subplots(1, len(models), squeeze=False)
     for j, model in enumerate(models):
       mr = [r for r in rvs if r["model"] == model]
       if not mr:
@@ -385,8 +379,7 @@ def summarise(cfg, workdir):
                          for n, v in psnr_by.items()}})
     fig.tight_layout()
     path = os.path.join(workdir, "rmse_vs_noise_theory.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    figures_lib.save_figure(fig, path, 100)
     figures["Per-pixel RMSE vs absolute noise std, with the linearised "
             "error floor (theory)"] = path
   # Reconstruction grids: per victim, rows = truth then attack x noise.

@@ -14,17 +14,12 @@ setting; results are appended to ``<workdir>/tune.jsonl``.
 import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxleak.attacks import inversion  # noqa: E402
-# pylint: enable=g-import-not-at-top,wrong-import-position
+from jaxleak import report
+from jaxleak.attacks import inversion
 
 
 def main():
@@ -72,8 +67,7 @@ def _tune(args):
                "ssim": float(np.mean(ss)), "psnrs": ps,
                "last_wall_s": time.perf_counter() - t0}
         print(json.dumps(rec), flush=True)
-        with open(out, "a") as f:
-          f.write(json.dumps(rec) + "\n")
+        report.append_jsonl(out, rec)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ resume); each part then writes ``<part>.png`` and its numbers into
 import dataclasses
 import json
 import os
-import sys
 import time
 
 from absl import app
@@ -22,8 +21,6 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
@@ -41,14 +38,13 @@ def _model(cfg, num_classes, shape, seed, init):
 
 
 def _load(path):
-  if not os.path.exists(path):
-    return []
-  return [json.loads(line) for line in open(path)]
+  from jaxleak import report  # pylint: disable=g-import-not-at-top
+  return report.read_jsonl(path)
 
 
 def _append(path, record):
-  with open(path, "a") as f:
-    f.write(json.dumps(record) + "\n")
+  from jaxleak import report  # pylint: disable=g-import-not-at-top
+  report.append_jsonl(path, record)
 
 
 def _attack(cfg, apply_fn, params, x, y, delta, seed):
@@ -138,7 +134,7 @@ def part_eigen(cfg, workdir, ds):
   from jaxleak.influence import audit as audit_  # pylint: disable=g-import-not-at-top
   corr = audit_.correlation(inv, mse)
   from jaxleak.metrics import figures  # pylint: disable=g-import-not-at-top
-  fig = figures._new_figure((5.0, 4.0), 110)  # pylint: disable=protected-access
+  fig = figures.new_figure((5.0, 4.0), 110)
   ax = fig.add_subplot(1, 1, 1)
   ax.loglog(inv, mse, "o", label="L2 attack MSE")
   order = np.argsort(inv)
@@ -154,7 +150,7 @@ def part_eigen(cfg, workdir, ds):
                f"{corr['pearson']:.3f}", fontsize=9)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  figures._save(fig, os.path.join(workdir, "eigen.png"), 110)  # pylint: disable=protected-access
+  figures.save_figure(fig, os.path.join(workdir, "eigen.png"), 110)
   return {"directions": len(pert), "loglog_slope": slope,
           "pearson_mse_vs_inv_lambda": corr["pearson"],
           "spearman_mse_vs_inv_lambda": corr["spearman"],
@@ -203,7 +199,7 @@ def part_classes(cfg, workdir, ds):
   keys = [("i2f_expected", f"sqrt(E[I²]) (eps={cfg.class_eps[0]:g})"),
           (f"i2f_eps{cfg.class_eps[1]:g}",
            f"I²F, one draw (eps={cfg.class_eps[1]:g})")]
-  fig = figures._new_figure((10.0, 4.0), 110)  # pylint: disable=protected-access
+  fig = figures.new_figure((10.0, 4.0), 110)
   out = {"images": len(records), "per_class": []}
   for k, (key, title) in enumerate(keys):
     ax = fig.add_subplot(1, 2, k + 1)
@@ -229,7 +225,7 @@ def part_classes(cfg, workdir, ds):
                f"{cfg.class_noise_var:g} (lenet, one uniform init)",
                fontsize=10)
   fig.tight_layout()
-  figures._save(fig, os.path.join(workdir, "classes.png"), 110)  # pylint: disable=protected-access
+  figures.save_figure(fig, os.path.join(workdir, "classes.png"), 110)
   return out
 
 
@@ -284,7 +280,7 @@ def part_init(cfg, workdir, ds):
                                                 for r in rs]))
     rows.append(row)
   from jaxleak.metrics import figures  # pylint: disable=g-import-not-at-top
-  fig = figures._new_figure((6.5, 4.0), 110)  # pylint: disable=protected-access
+  fig = figures.new_figure((6.5, 4.0), 110)
   ax = fig.add_subplot(1, 1, 1)
   xs = np.arange(len(rows))
   small = f"i2f_eps{cfg.init_eps[-1]:g}"
@@ -305,7 +301,7 @@ def part_init(cfg, workdir, ds):
                f"{cfg.init_images} images each", fontsize=9)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  figures._save(fig, os.path.join(workdir, "init.png"), 110)  # pylint: disable=protected-access
+  figures.save_figure(fig, os.path.join(workdir, "init.png"), 110)
   return {"rows": rows}
 
 

@@ -16,7 +16,6 @@ defence and attack), a reconstruction grid per (defence, attack) and
 
 import csv
 import os
-import sys
 import time
 
 from absl import app
@@ -24,8 +23,6 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder")

@@ -40,10 +40,7 @@ import os
 import sys
 import time
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(_HERE)))
-sys.path.insert(0, _HERE)
-
+# The script's folder is sys.path[0] when it runs, so the sweep is importable.
 from sweep import load_config  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -78,13 +75,11 @@ def main(argv=None) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jax.flatten_util import ravel_pytree  # pylint: disable=g-import-not-at-top
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from jaxleak.metrics import figures  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jaxleak import data, models, report  # pylint: disable=g-import-not-at-top
   from jaxleak import unlearning as ul  # pylint: disable=g-import-not-at-top
-  from jaxleak.unlearning import _grads, _sgd, base  # pylint: disable=g-import-not-at-top
+  from jaxleak.unlearning import base  # pylint: disable=g-import-not-at-top
 
   cfg = load_config(args.config)
   os.makedirs(args.workdir, exist_ok=True)
@@ -143,10 +138,10 @@ def main(argv=None) -> int:
 
   # GD-filter limit: Lanczos on the retained Hessian at w* (secant products).
   prob = base.prepare(model, history, forget, train, "distance_study")
-  retained = _grads.SubsetGradient(prob.apply_fn, prob.unravel,
+  retained = ul.SubsetGradient(prob.apply_fn, prob.unravel,
                                    prob.images[prob.keep],
                                    prob.labels[prob.keep])
-  forget_grad = _grads.SubsetGradient(prob.apply_fn, prob.unravel,
+  forget_grad = ul.SubsetGradient(prob.apply_fn, prob.unravel,
                                       prob.images[prob.forget],
                                       prob.labels[prob.forget])
   full = jnp.asarray(history.full_grad)
@@ -161,7 +156,7 @@ def main(argv=None) -> int:
   shift = (n * full - forget_grad(w_star)) / (n - r) - full
   h = 1e-2  # secant step (weights have norm ~6; float32 keeps ~5 digits)
   matvec = lambda v: (retained_grad(w_star + h * v) - g_star) / h
-  etas = np.asarray(_sgd.step_learning_rates(recipe, n), np.float64)
+  etas = np.asarray(ul.step_learning_rates(recipe, n), np.float64)
 
   def gd_filter(theta):
     prod = np.ones_like(theta)
@@ -200,7 +195,8 @@ def main(argv=None) -> int:
                f"{res['ridge_limit'][-1]:.4f} |")
   with open(os.path.join(args.workdir, "distance_study.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
-  fig, ax = plt.subplots(figsize=(6.5, 4))
+  fig = figures.new_figure((6.5, 4), 120)
+  ax = fig.subplots()
   for rho_tau, its in res["mini_iterates"].items():
     ax.plot(range(len(its)), its, marker=".",
             label=f"mini_unlearning, rho = {rho_tau}/tau")
@@ -215,7 +211,7 @@ def main(argv=None) -> int:
   ax.legend(fontsize=7)
   ax.set_title(f"{cfg.name}, ratio {args.ratio}, seed {args.seed}")
   fig.tight_layout()
-  fig.savefig(os.path.join(args.workdir, "distance_study.png"), dpi=120)
+  figures.save_figure(fig, os.path.join(args.workdir, "distance_study.png"), 120)
   print("\n".join(lines))
   return 0
 

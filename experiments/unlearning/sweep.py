@@ -236,13 +236,12 @@ def acceptance(summary, cfg) -> str:
 
 
 def plot(summary, out, cfg, models_order):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from jaxleak.metrics import figures  # pylint: disable=g-import-not-at-top
   panels = [("distance_to_retrain", "||w - w_retrain||"),
             ("mia_loss_auc", "forget-set MIA AUC (loss)"),
             ("run_time_s", "run time (s)")]
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  fig = figures.new_figure((15, 4), 100)
+  axes = fig.subplots(1, 3)
   # One colour per method in every panel (the run-time panel skips one).
   colours = {m: f"C{i}" for i, m in enumerate(models_order)}
   for ax, (col, label) in zip(axes, panels):
@@ -264,8 +263,7 @@ def plot(summary, out, cfg, models_order):
   title = f"{cfg.model} on {cfg.dataset}"
   fig.suptitle(title if cfg.name == cfg.model else f"{cfg.name}: {title}")
   fig.tight_layout()
-  fig.savefig(os.path.join(out, "sweep.png"), dpi=100)
-  plt.close(fig)
+  figures.save_figure(fig, os.path.join(out, "sweep.png"), 100)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxleak._src import validate
 
@@ -138,6 +139,6 @@ def frobenius_norm_sq_hutchinson(loss_fn: LossFn, params: Any, x: jax.Array,
       v = jax.tree.unflatten(treedef, [rademacher(kk, leaf)
                                        for kk, leaf in zip(ks, leaves)])
       out = jacobian_vp(loss_fn, params, x, v)
-    return sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(out))
+    return optax.tree_utils.tree_norm(out, squared=True)
 
   return jnp.mean(jax.lax.map(probe, keys))

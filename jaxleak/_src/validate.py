@@ -181,3 +181,45 @@ def check_finite_number(value: Any, name: str, *, fn: str | None = None
   if not math.isfinite(v):
     raise ValueError(
         f"{_where(fn)}argument '{name}' must be finite, got {value!r}")
+
+
+def check_int(value: Any, name: str, *, fn: str | None = None,
+              low: int = 1) -> int:
+  """Returns `value` as an int; ValueError unless it is an int >= `low`.
+
+  Booleans are rejected (``True`` is an int in Python, never a count here).
+  """
+  if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+      or int(value) < low):
+    what = "a positive int" if low == 1 else f"an int >= {low}"
+    raise ValueError(
+        f"{_where(fn)}argument '{name}' must be {what}, got {value!r}")
+  return int(value)
+
+
+def canonical_key(key: Any, fn: str | None = None, *,
+                  why: str = "") -> jax.Array:
+  """A typed PRNG key from a ``jax.random.key``, a legacy uint32[2] key or an int seed.
+
+  Args:
+    key: the key argument as the caller received it.
+    fn: the public function name, used in messages.
+    why: appended to the message when `key` is None (why there is no default).
+
+  Raises:
+    ValueError: if `key` is None.
+    TypeError: for anything else that is not a key or an int.
+  """
+  if key is None:
+    raise ValueError(f"{_where(fn)}argument 'key' is required (a "
+                     f"jax.random.key or an int seed){why}")
+  if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+    return jax.random.key(int(key))
+  if isinstance(key, jax.Array) and jax.dtypes.issubdtype(
+      key.dtype, jax.dtypes.prng_key):
+    return key
+  if (isinstance(key, jax.Array) and key.dtype == np.uint32
+      and key.shape == (2,)):
+    return jax.random.wrap_key_data(key)  # A legacy PRNGKey.
+  raise TypeError(f"{_where(fn)}argument 'key' must be a jax.random.key or an "
+                  f"int, got {type(key).__name__}")

@@ -1,7 +1,7 @@
 """Training a diffusion prior: epsilon-prediction MSE, Adam, EMA, data-parallel.
 
 `train_prior` is the resumable training loop behind ``jaxleak train-prior``.
-It is data-parallel over all local devices: the batch is sharded along a
+It is data-parallel over all devices: the batch is sharded along a
 one-axis ``("data",)`` mesh with explicit sharding, params, EMA params and
 optimiser state are replicated, and XLA inserts the gradient all-reduce.
 Every `checkpoint_every` steps (and on SIGINT) it saves params, EMA params,
@@ -29,6 +29,7 @@ from jaxleak._src import validate
 from jaxleak.data import batching
 from jaxleak.diffusion import schedule as schedule_lib
 from jaxleak.diffusion.schedule import NoiseSchedule
+from jaxleak.sharding import data_mesh
 
 __all__ = (
     "TrainState",
@@ -256,14 +257,6 @@ def make_train_step(apply_fn: Callable[..., jax.Array], schedule: NoiseSchedule,
   return lambda state, images, labels: jitted(state, images, labels, schedule)
 
 
-def data_mesh(devices: Optional[list[Any]] = None) -> jax.sharding.Mesh:
-  """A one-axis ("data",) mesh with explicit sharding over `devices`."""
-  devices = list(devices or jax.local_devices())
-  return jax.make_mesh((len(devices),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Explicit,),
-                       devices=devices)
-
-
 def _lr_at(optimizer_lr: Optional[Callable[[int], float]], step: int) -> float:
   return float(optimizer_lr(step)) if optimizer_lr is not None else float("nan")
 
@@ -308,7 +301,8 @@ def train_prior(apply_fn: Callable[..., jax.Array], params: Any,
       and after the last step (e.g. to write a sample grid).
     callback_every: 0 disables periodic callbacks.
     progress: show a tqdm progress bar.
-    devices: devices of the data mesh (default: all local devices).
+    devices: devices of the data mesh (default: all devices, `jax.devices()`,
+      as `jaxleak.sharding.data_mesh`).
     stop_after: stop (after checkpointing) once this step is reached, as a
       preempted job would; rerun to resume.
     run_info: extra JSON identifying the run (UNet spec, dataset); a
@@ -330,7 +324,7 @@ def train_prior(apply_fn: Callable[..., jax.Array], params: Any,
     raise ValueError(
         f"{fn}: argument 'batch_size' ({batch_size}) exceeds the number of "
         f"training images ({n})")
-  mesh = data_mesh(devices)
+  mesh = data_mesh(devices=devices or None)
   n_dev = mesh.devices.size
   if batch_size % n_dev:
     raise ValueError(

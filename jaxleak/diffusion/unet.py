@@ -37,13 +37,13 @@ import functools
 import os
 from typing import Any, Callable, Optional
 
+import diffusers.utils.logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import diffusers.utils.logging
-
 from jaxleak._src import matmul_conv
+from jaxleak._src import tree_util
 from jaxleak._src import validate
 
 __all__ = (
@@ -344,9 +344,8 @@ def make_unet_apply(spec: UNetSpec, fast_conv: bool = True) -> UNetApply:
 _nullcontext = contextlib.nullcontext
 
 
-def param_count(params: Any) -> int:
-  """Total number of scalars in a params pytree."""
-  return int(sum(np.size(x) for x in jax.tree.leaves(params)))
+param_count = tree_util.param_count
+"""Total number of scalars in a UNet params pytree (`jaxleak._src.tree_util`)."""
 
 
 def to_model_space(images: jax.Array) -> jax.Array:

@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxleak._src import tree_util
 from jaxleak._src import validate
 from jaxleak.dp import per_example as per_example_lib
 from jaxleak.dp import weights as weights_lib
@@ -83,28 +84,13 @@ class GaussianPrivatizerState(NamedTuple):
 
 
 def _canonical_key(key: Any, fn: str) -> jax.Array:
-  if key is None:
-    raise ValueError(
-        f"{fn}: argument 'key' is required (a jax.random.key or an int seed); "
-        "a fixed default key would add identical noise in every run")
-  if isinstance(key, int):
-    return jax.random.key(key)
-  if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype,
-                                                          jax.dtypes.prng_key):
-    return key
-  if isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,):
-    return jax.random.wrap_key_data(key)  # legacy PRNGKey
-  raise TypeError(f"{fn}: argument 'key' must be a jax.random.key or an int, "
-                  f"got {type(key).__name__}")
+  return validate.canonical_key(
+      key, fn, why="; a fixed default key would add identical noise in every run")
 
 
 def add_tree_noise(tree: Any, key: jax.Array, std: jax.Array | float) -> Any:
   """Adds i.i.d. ``N(0, std^2)`` to every leaf (one key per leaf)."""
-  leaves, treedef = jax.tree.flatten(tree)
-  keys = jax.random.split(key, len(leaves))
-  noisy = [x + std * jax.random.normal(k, x.shape, x.dtype)
-           for x, k in zip(leaves, keys)]
-  return jax.tree.unflatten(treedef, noisy)
+  return jax.tree.map(jnp.add, tree, tree_util.gaussian_like(tree, key, std))
 
 
 def _check_noise(noise_multiplier: Any, fn: str) -> None:

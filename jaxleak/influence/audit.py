@@ -15,17 +15,18 @@ choice does not change them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 import math
-import os
-from collections.abc import Mapping, Sequence
 from typing import Any
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.stats
 
+from jaxleak._src import tree_util
 from jaxleak._src import validate
-from jaxleak.influence.i2f import _trainable
 from jaxleak.influence.i2f import i2f as _i2f
 from jaxleak.influence.i2f import i2f_expectation as _i2f_expectation
 from jaxleak.influence.i2f import i2f_lower_bound as _i2f_lower_bound
@@ -49,14 +50,8 @@ def gaussian_perturbation(params: Any, std: float, key: Any) -> Any:
   """
   validate.check_positive(std, "std", fn="gaussian_perturbation",
                           allow_zero=True)
-  if isinstance(key, (int, np.integer)):
-    key = jax.random.key(int(key))
-  tree = _trainable(params)
-  leaves, treedef = jax.tree.flatten(tree)
-  keys = jax.random.split(key, len(leaves))
-  return jax.tree.unflatten(treedef, [
-      std * jax.random.normal(k, jnp.shape(x), jnp.result_type(x))
-      for k, x in zip(keys, leaves)])
+  key = validate.canonical_key(key, "gaussian_perturbation")
+  return tree_util.gaussian_like(tree_util.trainable(params), key, std)
 
 
 def stratified_indices(labels: Any, n: int, seed: int = 0) -> np.ndarray:
@@ -120,28 +115,15 @@ def predicted_rmse(i2f_norm: Any, image_shape: Sequence[int]) -> Any:
   return np.asarray(i2f_norm) / math.sqrt(float(np.prod(image_shape)))
 
 
-def _ranks(a: np.ndarray) -> np.ndarray:
-  order = np.argsort(a, kind="mergesort")
-  ranks = np.empty(len(a), float)
-  ranks[order] = np.arange(len(a), dtype=float)
-  # Average the ranks of ties.
-  vals = a[order]
-  i = 0
-  while i < len(a):
-    j = i
-    while j + 1 < len(a) and vals[j + 1] == vals[i]:
-      j += 1
-    if j > i:
-      ranks[order[i:j + 1]] = (i + j) / 2.0
-    i = j + 1
-  return ranks
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-  a = a - a.mean()
-  b = b - b.mean()
-  den = math.sqrt(float(np.sum(a * a) * np.sum(b * b)))
-  return float(np.sum(a * b) / den) if den > 0 else float("nan")
+def _coefficient(statistic: Callable[..., Any], a: np.ndarray,
+                 b: np.ndarray) -> float:
+  """`scipy.stats` correlation coefficient; NaN for constant or short input."""
+  if a.size < 2:
+    return float("nan")
+  with warnings.catch_warnings():
+    # A constant series has no correlation; report NaN without a warning.
+    warnings.simplefilter("ignore", scipy.stats.ConstantInputWarning)
+    return float(statistic(a, b).statistic)
 
 
 def correlation(predicted: Any, actual: Any) -> dict[str, float]:
@@ -159,9 +141,11 @@ def correlation(predicted: Any, actual: Any) -> dict[str, float]:
     raise ValueError(f"correlation: need at least 3 pairs, got {p.size}")
   ok = np.isfinite(p) & np.isfinite(a)
   p, a = p[ok], a[ok]
-  logs = (_pearson(np.log10(p), np.log10(a))
+  pearson = scipy.stats.pearsonr
+  logs = (_coefficient(pearson, np.log10(p), np.log10(a))
           if np.all(p > 0) and np.all(a > 0) else float("nan"))
-  return {"pearson": _pearson(p, a), "spearman": _pearson(_ranks(p), _ranks(a)),
+  return {"pearson": _coefficient(pearson, p, a),
+          "spearman": _coefficient(scipy.stats.spearmanr, p, a),
           "pearson_log": logs, "n": int(p.size)}
 
 
@@ -177,7 +161,7 @@ def save_scatter(series: Mapping[str, tuple[Any, Any, Any]], path: str, *,
   """
   from jaxleak.metrics import figures  # pylint: disable=g-import-not-at-top
   n = len(series)
-  fig = figures._new_figure((4.2 * n, 4.0), 110)  # pylint: disable=protected-access
+  fig = figures.new_figure((4.2 * n, 4.0), 110)
   for i, (name, (pred, act, colour)) in enumerate(series.items()):
     ax = fig.add_subplot(1, n, i + 1)
     pred = np.asarray(pred, float)
@@ -207,4 +191,4 @@ def save_scatter(series: Mapping[str, tuple[Any, Any, Any]], path: str, *,
   if title:
     fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  return figures._save(fig, path, 110)  # pylint: disable=protected-access
+  return figures.save_figure(fig, path, 110)

@@ -47,8 +47,10 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxleak._src import matmul_conv as matmul_conv_lib
+from jaxleak._src import tree_util
 from jaxleak._src import validate
 from jaxleak.influence import jacobian
 
@@ -80,16 +82,8 @@ EIG_METHODS = ("lanczos", "power")
 # Parameters and losses.
 
 
-def _is_variables(params: Any) -> bool:
-  return isinstance(params, dict) and "params" in params
-
-
-def _trainable(params: Any) -> Any:
-  return params["params"] if _is_variables(params) else params
-
-
-def _with_trainable(params: Any, new: Any) -> Any:
-  return {**params, "params": new} if _is_variables(params) else new
+_trainable = tree_util.trainable
+_with_trainable = tree_util.with_trainable
 
 
 def _default_loss(logits: Array, y: Array) -> Array:
@@ -151,7 +145,7 @@ def _check_inputs(fn: str, params: Any, x: Any, y: Any, delta: Any | None,
     return x, None
   trainable = _trainable(params)
   # Accept the shared-gradient tree (trainable part) or the full variables.
-  if (_is_variables(params) and _is_variables(delta)
+  if (tree_util.is_flax_variables(params) and tree_util.is_flax_variables(delta)
       and jax.tree.structure(delta) == jax.tree.structure(params)):
     delta = delta["params"]
   lead = 1 if batched else 0
@@ -181,11 +175,7 @@ def _check_solver_args(fn: str, eps: Any, solver: str, tol: Any,
 
 
 def _check_int(fn: str, value: Any, name: str) -> int:
-  if (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
-      or value < 1):
-    raise ValueError(f"{fn}: argument '{name}' must be a positive int, got "
-                     f"{value!r}")
-  return int(value)
+  return validate.check_int(value, name, fn=fn)
 
 
 # ----------------------------------------------------------------------------
@@ -194,10 +184,12 @@ def _check_int(fn: str, value: Any, name: str) -> int:
 
 def power_iteration(matvec: Callable[[Array], Array], v0: Array,
                     num_iters: int = 100) -> tuple[Array, Array]:
-  """Largest eigenpair of a symmetric PSD operator by power iteration.
+  """Largest eigenpair of a symmetric PSD operator: `optax.power_iteration`.
 
-  ``v <- A v / ||A v||`` for `num_iters` steps; the eigenvalue is the Rayleigh
-  quotient ``v^T A v``. Converges at rate ``lambda_2 / lambda_1``.
+  ``v <- A v / ||A v||`` for exactly `num_iters` steps (optax's relative-error
+  early exit is switched off, so every run takes the same steps); the
+  eigenvalue is the Rayleigh quotient. Converges at rate
+  ``lambda_2 / lambda_1``.
 
   Args:
     matvec: ``v -> A v`` (any array shape).
@@ -205,16 +197,13 @@ def power_iteration(matvec: Callable[[Array], Array], v0: Array,
     num_iters: iterations.
 
   Returns:
-    ``(lambda_max, v)`` with ``||v|| = 1``.
+    ``(lambda_max, v)`` with ``||v|| = 1``. A zero operator (e.g. a network
+    whose gradient map vanishes) gives ``lambda_max = 0``, where optax
+    divides zero by zero.
   """
-  v = v0 / _norm(v0)
-
-  def body(_, v):
-    w = matvec(v)
-    return w / jnp.maximum(_norm(w), jnp.finfo(w.dtype).tiny)
-
-  v = jax.lax.fori_loop(0, int(num_iters), body, v)
-  return _flat_dot(v, matvec(v)), v
+  lam, v = optax.power_iteration(matvec, v0=v0, num_iters=int(num_iters),
+                                 error_tolerance=0.0)
+  return jnp.where(jnp.isnan(lam), jnp.zeros_like(lam), lam), v
 
 
 def lanczos(matvec: Callable[[Array], Array], v0: Array,
@@ -369,7 +358,7 @@ def _expectation_core(apply_fn, params, x, y, probes, eps, tol, *, loss_fn,
     if form == "trace":
       return _flat_dot(z, w)
     jtw = jacobian.jacobian_tvp(loss, p, x, w)
-    return sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(jtw))
+    return optax.tree_utils.tree_norm(jtw, squared=True)
 
   samples = jax.lax.map(one, probes)
   return samples

@@ -13,13 +13,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxleak._src.mixed_jacobian import (
-  LossFn,
-  frobenius_norm_sq_hutchinson,
-  gram_vp,
-  jacobian_tvp,
-  jacobian_vp,
-)
+from jaxleak._src.mixed_jacobian import frobenius_norm_sq_hutchinson
+from jaxleak._src.mixed_jacobian import gram_vp
+from jaxleak._src.mixed_jacobian import jacobian_tvp
+from jaxleak._src.mixed_jacobian import jacobian_vp
+from jaxleak._src.mixed_jacobian import LossFn
 from jaxleak.models import cross_entropy_loss
 
 __all__ = (

@@ -5,6 +5,9 @@ stays fast, and figures are drawn on an explicit Agg canvas (``Figure`` plus
 ``FigureCanvasAgg``) rather than through pyplot, so no global backend or
 figure state is touched and the functions are safe in headless jobs.
 
+`new_figure` and `save_figure` are public for multi-panel figures that the
+ready-made helpers do not cover (the I²F audit, the launchers' studies).
+
 Figure sizes are deterministic: a grid with `ncols` x `nrows` cells is exactly
 ``round(ncols * cell_size * dpi)`` x ``round(nrows * cell_size * dpi)`` pixels
 (no tight bounding box), which keeps figures from different runs aligned.
@@ -24,7 +27,8 @@ from jaxleak._src import validate
 PathLike = str | os.PathLike
 
 
-def _new_figure(figsize: tuple[float, float], dpi: int):
+def new_figure(figsize: tuple[float, float], dpi: int):
+  """A matplotlib `Figure` on its own Agg canvas (no pyplot, no global state)."""
   # pylint: disable=g-import-not-at-top
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
@@ -35,7 +39,8 @@ def _new_figure(figsize: tuple[float, float], dpi: int):
   return fig
 
 
-def _save(fig, path: PathLike, dpi: int) -> str:
+def save_figure(fig, path: PathLike, dpi: int) -> str:
+  """Writes a `new_figure` figure as PNG (parent folders created); the path."""
   path = os.fspath(path)
   parent = os.path.dirname(path)
   if parent:
@@ -105,7 +110,7 @@ def save_image_grid(images: Any, path: PathLike, *, nrow: int | None = None,
   validate.check_positive(cell_size, "cell_size", fn=fn)
   validate.check_positive(dpi, "dpi", fn=fn)
 
-  fig = _new_figure((ncols * cell_size, nrows * cell_size), dpi)
+  fig = new_figure((ncols * cell_size, nrows * cell_size), dpi)
   axes = fig.subplots(nrows, ncols, squeeze=False)
   grey = imgs.shape[-1] == 1
   for idx, ax in enumerate(axes.ravel()):
@@ -132,7 +137,7 @@ def save_image_grid(images: Any, path: PathLike, *, nrow: int | None = None,
   fig.subplots_adjust(left=left / max(1, ncols / 4), right=0.99, bottom=0.01,
                       top=0.9 if titles is not None else 0.99, wspace=0.05,
                       hspace=0.25 if titles is not None else 0.05)
-  return _save(fig, path, dpi)
+  return save_figure(fig, path, dpi)
 
 
 def save_comparison_grid(ground_truth: Any, reconstructions: Any,
@@ -235,7 +240,7 @@ def save_curves(curves: Mapping[str, tuple[Any, Any]], path: PathLike, *,
           f"length, got shapes {xs.shape} and {ys.shape}")
     prepared.append((str(name), xs, ys))
 
-  fig = _new_figure(tuple(figsize), dpi)
+  fig = new_figure(tuple(figsize), dpi)
   ax = fig.add_subplot(1, 1, 1)
   styles = styles or {}
   for name, xs, ys in prepared:
@@ -260,4 +265,4 @@ def save_curves(curves: Mapping[str, tuple[Any, Any]], path: PathLike, *,
   if any(name for name, _, _ in prepared):
     ax.legend(loc=legend_loc, fontsize=8)
   fig.tight_layout()  # Re-arranges axes only; the canvas size is unchanged.
-  return _save(fig, path, dpi)
+  return save_figure(fig, path, dpi)

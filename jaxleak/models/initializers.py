@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxleak._src import tree_util
 from jaxleak._src import validate
 
 INIT_SCHEMES: tuple[str, ...] = (
@@ -197,18 +198,5 @@ def reinit(params: Any, scheme: str, key: jax.Array) -> Any:
   return _reinit_collection(params, scheme, key)
 
 
-def param_count(params: Any) -> int:
-  """Number of trainable scalars.
-
-  Args:
-    params: Flax variables dict (only its "params" collection is counted, not
-      "batch_stats") or any pytree of arrays (all leaves are counted).
-
-  Returns:
-    The total number of elements, as a Python int.
-  """
-  if isinstance(params, Mapping) and "params" in params:
-    params = params["params"]
-  # np.shape also works on jax.ShapeDtypeStruct, so abstract trees from
-  # jax.eval_shape can be counted without allocating them.
-  return int(sum(math.prod(np.shape(leaf)) for leaf in jax.tree.leaves(params)))
+param_count = tree_util.param_count
+"""Number of trainable scalars (``jaxleak._src.tree_util.param_count``)."""

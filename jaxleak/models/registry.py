@@ -35,7 +35,8 @@ from jaxleak._src import validate
 from jaxleak._src.registry import Registry
 from jaxleak.models import architectures as arch
 from jaxleak.models import transformers
-from jaxleak.models.initializers import INIT_SCHEMES, reinit
+from jaxleak.models.initializers import INIT_SCHEMES
+from jaxleak.models.initializers import reinit
 
 Array = jax.Array
 Params = Any  # A Flax variables dict: {"params": ..., ["batch_stats": ...]}.
@@ -69,9 +70,7 @@ def _check_act(act: str, fn: str = "create") -> None:
 
 
 def _check_width(width: int) -> None:
-  if not isinstance(width, int) or isinstance(width, bool) or width < 1:
-    raise ValueError(
-        f"create: argument 'width' must be a positive int, got {width!r}")
+  validate.check_int(width, "width", fn="create")
 
 
 def _build_lenet(num_classes: int, *, act: str = "sigmoid") -> nn.Module:

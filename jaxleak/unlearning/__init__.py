@@ -19,9 +19,11 @@ see `jaxleak.unlearning.mini`), "retrain" (gold standard), "finetune",
 
 from jaxleak.unlearning import evaluation
 from jaxleak.unlearning import lbfgs
+from jaxleak.unlearning._grads import SubsetGradient
 from jaxleak.unlearning._sgd import SCHEDULES
 from jaxleak.unlearning._sgd import sgd_recipe
 from jaxleak.unlearning._sgd import SGDRecipe
+from jaxleak.unlearning._sgd import step_learning_rates
 from jaxleak.unlearning.base import available
 from jaxleak.unlearning.base import check_forget_indices
 from jaxleak.unlearning.base import get
@@ -52,6 +54,8 @@ __all__ = (
     "SGDRecipe",
     "TrainingHistory",
     "UNLEARNERS",
+    "SubsetGradient",
+    "step_learning_rates",
     "Unlearner",
     "available",
     "check_forget_indices",

@@ -121,12 +121,12 @@ def sgd_recipe(epochs: int, batch_size: int, learning_rate: float, *,
     The recipe.
   """
   fn = "sgd_recipe"
-  epochs = _check_int(epochs, "epochs", fn)
-  batch_size = _check_int(batch_size, "batch_size", fn)
+  epochs = validate.check_int(epochs, "epochs", fn=fn)
+  batch_size = validate.check_int(batch_size, "batch_size", fn=fn)
   validate.check_positive(learning_rate, "learning_rate", fn=fn)
   validate.check_choice(schedule, "schedule", SCHEDULES, fn=fn)
   validate.check_positive(l2, "l2", fn=fn, allow_zero=True)
-  seed = _check_int(seed, "seed", fn, low=0)
+  seed = validate.check_int(seed, "seed", fn=fn, low=0)
   eta = float(learning_rate)
   if schedule == "constant":
     lrs = [eta] * epochs
@@ -136,14 +136,6 @@ def sgd_recipe(epochs: int, batch_size: int, learning_rate: float, *,
     lrs = [eta * 0.5 * (1 + math.cos(math.pi * e / epochs))
            for e in range(epochs)]
   return SGDRecipe(epochs, batch_size, tuple(lrs), float(l2), seed)
-
-
-def _check_int(value: Any, name: str, fn: str, low: int = 1) -> int:
-  if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-      or int(value) < low):
-    raise ValueError(
-        f"{fn}: argument '{name}' must be an int >= {low}, got {value!r}")
-  return int(value)
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

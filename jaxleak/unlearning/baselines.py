@@ -74,7 +74,7 @@ def finetune(model: base.Model, history: Any, forget_indices: Any, data: Any,
   fn = "finetune"
   prob = base.prepare(model, history, forget_indices, data, fn)
   recipe = history.recipe
-  epochs = _sgd._check_int(epochs, "epochs", fn)
+  epochs = validate.check_int(epochs, "epochs", fn=fn)
   lr = recipe.learning_rates[0] if learning_rate is None else learning_rate
   validate.check_positive(lr, "learning_rate", fn=fn)
   subset = np.flatnonzero(prob.keep)
@@ -107,7 +107,7 @@ def neg_grad(model: base.Model, history: Any, forget_indices: Any, data: Any,
   fn = "neg_grad"
   prob = base.prepare(model, history, forget_indices, data, fn)
   recipe = history.recipe
-  epochs = _sgd._check_int(epochs, "epochs", fn)
+  epochs = validate.check_int(epochs, "epochs", fn=fn)
   lr = recipe.learning_rates[-1] / 10 if learning_rate is None else learning_rate
   validate.check_positive(lr, "learning_rate", fn=fn)
   if prob.r == 0:

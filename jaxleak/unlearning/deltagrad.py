@@ -119,9 +119,9 @@ def deltagrad(model: base.Model, history: Any, forget_indices: Any, data: Any,
   """
   fn = "deltagrad"
   prob = base.prepare(model, history, forget_indices, data, fn)
-  period = _sgd._check_int(period, "period", fn)
-  burn_in = _sgd._check_int(burn_in, "burn_in", fn, low=0)
-  memory = _sgd._check_int(memory, "memory", fn)
+  period = validate.check_int(period, "period", fn=fn)
+  burn_in = validate.check_int(burn_in, "burn_in", fn=fn, low=0)
+  memory = validate.check_int(memory, "memory", fn=fn)
   validate.check_positive(sigma_min, "sigma_min", fn=fn)
   if history.cache_stride == 0:
     raise ValueError(

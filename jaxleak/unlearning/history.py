@@ -198,7 +198,7 @@ def train_with_history(apply_fn: ApplyFn, params: Params, data: Any,
   if not isinstance(recipe, _sgd.SGDRecipe):
     raise TypeError(f"{fn}: argument 'recipe' must be an SGDRecipe (see "
                     f"sgd_recipe), got {type(recipe).__name__}")
-  snapshots = _sgd._check_int(snapshots, "snapshots", fn, low=0)
+  snapshots = validate.check_int(snapshots, "snapshots", fn=fn, low=0)
   if snapshots > recipe.epochs - 1:
     raise ValueError(
         f"{fn}: argument 'snapshots'={snapshots} must be at most epochs - 1 = "

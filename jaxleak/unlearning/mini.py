@@ -209,8 +209,8 @@ def contraction_unlearning(model: base.Model, history: Any,
   """
   fn = "mini_unlearning"
   prob = base.prepare(model, history, forget_indices, data, fn)
-  steps = _sgd._check_int(steps, "steps", fn)
-  memory = _sgd._check_int(memory, "memory", fn)
+  steps = validate.check_int(steps, "steps", fn=fn)
+  memory = validate.check_int(memory, "memory", fn=fn)
   validate.check_choice(precondition, "precondition", PRECONDITIONERS, fn=fn)
   if step_size is None:
     step_size = 1.0 if precondition == "lbfgs" else history.recipe.learning_rates[0]

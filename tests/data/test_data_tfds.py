@@ -2,6 +2,7 @@
 
 import os
 import socket
+import subprocess
 import sys
 
 import numpy as np
@@ -184,5 +185,37 @@ def test_default_data_dir_resolution(monkeypatch, tmp_path):
     data.load("no_such_dataset_xyz")
 
 
-def test_tensorflow_is_never_imported():
-  assert "tensorflow" not in sys.modules
+_NO_TENSORFLOW_PROBE = """
+import importlib.abc, importlib.util, sys
+
+class Recorder(importlib.abc.MetaPathFinder):
+  # Records every attempt to import TensorFlow, installed or not.
+  attempts = []
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] == "tensorflow":
+      self.attempts.append(name)
+    return None
+
+sys.meta_path.insert(0, Recorder())
+spec = importlib.util.spec_from_file_location("tfds_tests", {path!r})
+tests = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tests)
+builder = tests.JaxleakTinyImages(data_dir={data_dir!r},
+                                  file_format="array_record")
+builder.download_and_prepare()
+Recorder.attempts.clear()  # Preparing is the test's setup; loading is jaxleak.
+from jaxleak import data
+ds = data.load("jaxleak_tiny_images", "train", data_dir={data_dir!r})
+assert len(ds) == 12, len(ds)
+print("tensorflow" in sys.modules or Recorder.attempts)
+"""
+
+
+def test_tensorflow_is_never_imported(tmp_path):
+  # A fresh interpreter: what other tests imported must not decide the answer.
+  probe = _NO_TENSORFLOW_PROBE.format(path=os.path.abspath(__file__),
+                                      data_dir=str(tmp_path))
+  out = subprocess.run([sys.executable, "-c", probe], capture_output=True,
+                       text=True, check=False, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip().splitlines()[-1] in ("False", "[]")

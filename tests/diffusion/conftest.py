@@ -27,9 +27,15 @@ TINY_SPEC = diffusion.UNetSpec(resolution=16, channels=1,
                                cross_attention_dim=32, attention_heads=2)
 
 
-def fast_jit(fun, **kwargs):
+def _fast_jit(fun, **kwargs):
   """jax.jit with quick (unoptimised) CPU compilation, for test programs."""
   return jax.jit(fun, compiler_options=FAST_COMPILE, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def fast_jit():
+  """`jax.jit` with quick CPU compilation (a fixture: tests/ is no package)."""
+  return _fast_jit
 
 
 class Tiny(NamedTuple):

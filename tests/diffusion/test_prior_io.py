@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from jaxleak import diffusion
-from tests.diffusion.conftest import fast_jit
 
 
 @pytest.fixture(scope="module")
@@ -20,11 +19,11 @@ def prior(tiny):
 
 
 @pytest.fixture(scope="module")
-def probe(tiny):
+def probe(tiny, fast_jit):
   x = jax.random.normal(jax.random.key(1), (2, 16, 16, 1))
   t, y = jnp.array([3, 40]), jnp.array([0, 2])
   eps = fast_jit(tiny.apply_fn)(tiny.params, x, t, y)
-  return x, t, y, eps
+  return x, t, y, eps, fast_jit
 
 
 def _assert_same_prior(got, want, probe):
@@ -35,7 +34,7 @@ def _assert_same_prior(got, want, probe):
                                 want.schedule.alpha_bars)
   for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
     np.testing.assert_array_equal(a, b)
-  x, t, y, eps = probe
+  x, t, y, eps, fast_jit = probe
   np.testing.assert_array_equal(
       fast_jit(got.apply_fn)(got.params, x, t, y), eps)
 

@@ -7,7 +7,6 @@ import pytest
 
 from jaxleak import diffusion
 from jaxleak._src import matmul_conv
-from tests.diffusion.conftest import fast_jit
 
 
 def _inputs(tiny, b=2, seed=0):
@@ -17,7 +16,7 @@ def _inputs(tiny, b=2, seed=0):
   return x, t, jnp.arange(b) % tiny.spec.num_classes
 
 
-def test_apply_is_nhwc_and_uses_the_label(tiny):
+def test_apply_is_nhwc_and_uses_the_label(tiny, fast_jit):
   x, t, y = _inputs(tiny)
   f = fast_jit(tiny.apply_fn)
   eps = f(tiny.params, x, t, y)
@@ -28,7 +27,7 @@ def test_apply_is_nhwc_and_uses_the_label(tiny):
   np.testing.assert_allclose(f(tiny.params, x, t, None), null, atol=1e-6)
 
 
-def test_grad_of_x0_hat_wrt_x_t_is_finite_jittable_and_checkpointable(tiny):
+def test_grad_of_x0_hat_wrt_x_t_is_finite_jittable_and_checkpointable(tiny, fast_jit):
   x, t, y = _inputs(tiny)
 
   def objective(x_t, remat=False):
@@ -55,7 +54,7 @@ def test_grad_of_x0_hat_wrt_x_t_is_finite_jittable_and_checkpointable(tiny):
   assert float(jnp.vdot(g_jit, v)) == pytest.approx(float(fd), rel=1e-2)
 
 
-def test_grad_wrt_params_is_finite_and_reaches_every_block(tiny):
+def test_grad_wrt_params_is_finite_and_reaches_every_block(tiny, fast_jit):
   x, t, y = _inputs(tiny)
   loss = lambda p: jnp.mean(tiny.apply_fn(p, x, t, y) ** 2)
   grads = fast_jit(jax.grad(loss))(tiny.params)

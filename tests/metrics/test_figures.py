@@ -53,6 +53,15 @@ def test_comparison_grid(images, tmp_path):
   png = _read_png(path)
   assert png.shape[:2] == (2 * 60, 5 * 60)
   assert pathlib.Path(path).stat().st_size > 1000
+  # match=True undoes the shuffle: the figure (images and PSNR titles) is the
+  # one drawn from the reconstructions in their true order, and differs from
+  # the unmatched one.
+  ordered = metrics.save_comparison_grid(images, recon, tmp_path / "ord.png",
+                                         dpi=40)
+  unmatched = metrics.save_comparison_grid(images, recon[::-1],
+                                           tmp_path / "raw.png", dpi=40)
+  np.testing.assert_array_equal(png, _read_png(ordered))
+  assert np.any(png != _read_png(unmatched))
 
 
 def test_curves(tmp_path):

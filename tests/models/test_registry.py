@@ -79,11 +79,24 @@ def test_forward_values_finite_and_jit_matches_eager(get_model, jit):
   np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-5)
 
 
-def test_apply_fn_is_hashable_and_usable_as_static_arg(get_model):
-  apply_fn, _ = get_model("lenet", CIFAR)
-  assert hash(apply_fn) == hash(apply_fn)
-  assert {apply_fn: 1}[apply_fn] == 1
-  assert "lenet" in repr(apply_fn)
+def test_apply_fn_is_hashable_and_usable_as_static_arg(get_model, jit):
+  apply_fn, params = get_model("mlp", MNIST, hidden=(8,))
+  other_fn, other_params = models.create("mlp", 10, MNIST, 1, hidden=(8,))
+  traces = []
+
+  def logits(f, p, x):
+    traces.append(f)  # Runs only when jit traces.
+    return f(p, x)
+
+  jitted = jit(logits, static_argnums=0)
+  x = _images(0, (2,) + MNIST)
+  np.testing.assert_allclose(jitted(apply_fn, params, x), apply_fn(params, x),
+                             rtol=1e-5, atol=1e-6)
+  jitted(apply_fn, params, x)  # Same static function: a cache hit.
+  np.testing.assert_allclose(jitted(other_fn, other_params, x),
+                             other_fn(other_params, x), rtol=1e-5, atol=1e-6)
+  assert traces == [apply_fn, other_fn]
+  assert {apply_fn: 1}.get(other_fn) is None and "mlp" in repr(apply_fn)
 
 
 def test_param_count_cnn_mnist_exact(get_model):

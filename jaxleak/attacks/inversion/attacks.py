@@ -61,8 +61,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxleak._src import validate
 from jaxleak._src import matmul_conv as matmul_conv_lib
+from jaxleak._src import validate
 from jaxleak.attacks.inversion import labels as labels_lib
 from jaxleak.attacks.inversion import objectives
 from jaxleak.attacks.inversion import optimize
@@ -389,7 +389,7 @@ class AttackConfig:
   def validate(self, fn: str) -> None:
     """Raises ValueError naming the first invalid option (as ``fn``'s)."""
     for name in ("steps", "restarts", "log_every"):
-      _check_positive_int(getattr(self, name), name, fn)
+      validate.check_int(getattr(self, name), name, fn=fn)
     if self.lr is not None:
       validate.check_positive(self.lr, "lr", fn=fn)
     validate.check_choice(self.init, "init", tuple(INITS), fn=fn)
@@ -413,13 +413,6 @@ class AttackConfig:
     if self.lr is None and self.optimizer != "lbfgs":
       return dataclasses.replace(self, lr=0.1)
     return self
-
-
-def _check_positive_int(value: Any, name: str, fn: str) -> None:
-  if (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
-      or value < 1):
-    raise ValueError(f"{fn}: argument '{name}' must be a positive int, got "
-                     f"{value!r}")
 
 
 # ----------------------------------------------------------------------------

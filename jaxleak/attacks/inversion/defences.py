@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxleak._src import tree_util
 from jaxleak._src import validate
 from jaxleak._src.registry import Registry
 from jaxleak.attacks.inversion import objectives
@@ -106,11 +107,8 @@ class GaussianNoise(Defence):
 
   def post(self, update, key):
     s = _noise_scale(update, self.std, self.relative)
-    leaves, treedef = jax.tree.flatten(update)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree.unflatten(treedef, [
-        x + s * jax.random.normal(k, x.shape, x.dtype)
-        for x, k in zip(leaves, keys)])
+    return jax.tree.map(jnp.add, update,
+                        tree_util.gaussian_like(update, key, s))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -76,9 +76,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxleak._src import matmul_conv as matmul_conv_lib
 from jaxleak._src import validate
 from jaxleak.attacks.inversion import _compile
-from jaxleak._src import matmul_conv as matmul_conv_lib
 from jaxleak.attacks.inversion import labels as labels_lib
 from jaxleak.attacks.inversion import objectives
 from jaxleak.attacks.inversion import registry
@@ -397,8 +397,8 @@ def _guided_attack(fn: str, method: str,
   attacks_lib._check_observation(observation, fn)  # pylint: disable=protected-access
   key = threat_model.canonical_key(key, fn)
   prior = _load_prior(prior, fn)
-  steps = threat_model._positive_int(steps, "steps", fn)  # pylint: disable=protected-access
-  log_every = threat_model._positive_int(log_every, "log_every", fn)  # pylint: disable=protected-access
+  steps = validate.check_int(steps, "steps", fn=fn)
+  log_every = validate.check_int(log_every, "log_every", fn=fn)
   validate.check_in_range(steps, "steps", 1, prior.schedule.num_timesteps,
                           fn=fn)
   validate.check_choice(sampler, "sampler", SAMPLERS, fn=fn)

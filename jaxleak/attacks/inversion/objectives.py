@@ -23,12 +23,14 @@ through ``jax.grad``), jit-compatible, and take parameters as arguments.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
+from jaxleak._src import tree_util
 from jaxleak.models import losses
 
 Array = jax.Array
@@ -60,26 +62,12 @@ __all__ = (
 # Trainable parameters.
 
 
-def _is_flax_variables(params: Any) -> bool:
-  return isinstance(params, Mapping) and "params" in params
-
-
-def trainable(params: Params) -> PyTree:
-  """The trainable part of a model's parameters.
-
-  For a Flax variables dict (``{"params": ..., "batch_stats": ...}``, as
-  returned by `jaxleak.models.create`) this is ``params["params"]``: running
-  BatchNorm averages are not trained, so they have no gradient to leak. Any
-  other pytree is returned whole.
-  """
-  return params["params"] if _is_flax_variables(params) else params
-
-
-def with_trainable(params: Params, new_trainable: PyTree) -> Params:
-  """`params` with its trainable part replaced by `new_trainable`."""
-  if _is_flax_variables(params):
-    return {**params, "params": new_trainable}
-  return new_trainable
+# One implementation for the whole library (jaxleak._src.tree_util): for a
+# Flax variables dict the trainable part is ``params["params"]`` (running
+# BatchNorm averages are not trained, so they have no gradient to leak); any
+# other pytree is trainable whole.
+trainable = tree_util.trainable
+with_trainable = tree_util.with_trainable
 
 
 # ----------------------------------------------------------------------------
@@ -218,14 +206,13 @@ def _safe_sqrt(x: Array) -> Array:
 
 
 def tree_vdot(a: PyTree, b: PyTree) -> Array:
-  """``<a, b>`` over all leaves (the inner product of the flattened trees)."""
-  return sum(jnp.vdot(x, y) for x, y in
-             zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  """``<a, b>`` over all leaves (``optax.tree_utils.tree_vdot``)."""
+  return optax.tree_utils.tree_vdot(a, b)
 
 
 def tree_sq_norm(a: PyTree) -> Array:
-  """``||a||^2`` over all leaves."""
-  return sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(a))
+  """``||a||^2`` over all leaves (``optax.tree_utils.tree_norm``, squared)."""
+  return optax.tree_utils.tree_norm(a, squared=True)
 
 
 def tree_size(a: PyTree) -> int:

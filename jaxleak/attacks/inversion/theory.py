@@ -56,6 +56,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxleak._src import mixed_jacobian as jacobian
 from jaxleak._src import validate
@@ -151,9 +152,7 @@ def _frob_sq_hutchinson(apply_fn, params, x, label, key, num_probes, space,
 def _grad_rms(apply_fn, params, x, label):
   grad = jax.grad(_loss_fn(apply_fn, params, label))(
       objectives.trainable(params), x)
-  leaves = jax.tree.leaves(grad)
-  total = sum(jnp.sum(jnp.square(leaf)) for leaf in leaves)
-  return jnp.sqrt(total / sum(leaf.size for leaf in leaves))
+  return objectives.tree_rms(grad)
 
 
 def reconstruction_vulnerability(apply_fn: Callable[..., jax.Array],
@@ -194,10 +193,7 @@ def reconstruction_vulnerability(apply_fn: Callable[..., jax.Array],
   validate.check_shape(labels, "labels", (images.shape[0],), fn=fn)
   validate.check_choice(space, "space", ("params", "input"), fn=fn)
   validate.check_choice(target, "target", ("loss", "logits"), fn=fn)
-  if (not isinstance(num_probes, (int, np.integer)) or num_probes < 1
-      or isinstance(num_probes, bool)):
-    raise ValueError(f"{fn}: argument 'num_probes' must be a positive int, "
-                     f"got {num_probes!r}")
+  validate.check_int(num_probes, "num_probes", fn=fn)
   out, rms = [], []
   for i in range(images.shape[0]):
     label = jnp.asarray(labels[i:i + 1], jnp.int32)
@@ -253,8 +249,7 @@ def mixed_jacobian_frobenius_exact(apply_fn: Callable[..., jax.Array],
     inner = lambda x: jax.jacrev(lambda th: apply_fn(  # pylint: disable=g-long-lambda
         objectives.with_trainable(params, th), x))(theta)
   jac = jax.jacfwd(inner)(image)
-  return float(jnp.sqrt(sum(jnp.sum(jnp.square(leaf))
-                            for leaf in jax.tree.leaves(jac))))
+  return float(optax.tree_utils.tree_norm(jac))
 
 
 def linearized_error_bound(noise_std: Any, rv: float, input_size: int,

@@ -30,29 +30,7 @@ __all__ = ("GradientObservation", "observe", "canonical_key")
 _FN = "GradientObservation"
 
 
-def canonical_key(key: Any, fn: str) -> jax.Array:
-  """A typed PRNG key from a key or an int seed; raises naming `fn`."""
-  if key is None:
-    raise ValueError(f"{fn}: argument 'key' is required (a jax.random.key or "
-                     "an int seed)")
-  if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-    return jax.random.key(int(key))
-  if isinstance(key, jax.Array) and jax.dtypes.issubdtype(
-      key.dtype, jax.dtypes.prng_key):
-    return key
-  if (isinstance(key, jax.Array) and key.dtype == jnp.uint32
-      and key.shape == (2,)):
-    return jax.random.wrap_key_data(key)  # A legacy PRNGKey.
-  raise TypeError(f"{fn}: argument 'key' must be a jax.random.key or an int, "
-                  f"got {type(key).__name__}")
-
-
-def _positive_int(value: Any, name: str, fn: str) -> int:
-  if (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
-      or value < 1):
-    raise ValueError(f"{fn}: argument '{name}' must be a positive int, got "
-                     f"{value!r}")
-  return int(value)
+canonical_key = validate.canonical_key
 
 
 def _num_classes(apply_fn: Callable[..., Array], params: Any,
@@ -111,7 +89,7 @@ class GradientObservation:
     if not callable(self.apply_fn):
       raise TypeError(f"{_FN}: argument 'apply_fn' must be callable, got "
                       f"{self.apply_fn!r}")
-    b = _positive_int(self.batch_size, "batch_size", _FN)
+    b = validate.check_int(self.batch_size, "batch_size", fn=_FN)
     set_("batch_size", b)
     shape = tuple(self.image_shape)
     if len(shape) != 3 or not all(
@@ -152,11 +130,11 @@ class GradientObservation:
             f"{_FN}: argument 'labels' must lie in [0, {self.num_classes}), "
             f"got values in [{labels.min()}, {labels.max()}]")
       set_("labels", jnp.asarray(labels, jnp.int32))
-    k = _positive_int(self.local_steps, "local_steps", _FN)
+    k = validate.check_int(self.local_steps, "local_steps", fn=_FN)
     set_("local_steps", k)
     validate.check_positive(self.local_lr, "local_lr", fn=_FN)
     if self.local_batch_size is not None:
-      s = _positive_int(self.local_batch_size, "local_batch_size", _FN)
+      s = validate.check_int(self.local_batch_size, "local_batch_size", fn=_FN)
       if s > b:
         raise ValueError(
             f"{_FN}: argument 'local_batch_size' ({s}) must not exceed "
@@ -238,10 +216,10 @@ def observe(apply_fn: Callable[..., Array], params: PyTree, images: Any,
     raise TypeError(f"{fn}: argument 'labels' must be integers, got dtype "
                     f"{labels.dtype}")
   labels = jnp.asarray(labels, jnp.int32)
-  steps = _positive_int(local_steps, "local_steps", fn)
+  steps = validate.check_int(local_steps, "local_steps", fn=fn)
   validate.check_positive(local_lr, "local_lr", fn=fn)
   if local_batch_size is not None:
-    local_batch_size = _positive_int(local_batch_size, "local_batch_size", fn)
+    local_batch_size = validate.check_int(local_batch_size, "local_batch_size", fn=fn)
     if local_batch_size > b:
       raise ValueError(f"{fn}: argument 'local_batch_size' "
                        f"({local_batch_size}) must not exceed the batch size "

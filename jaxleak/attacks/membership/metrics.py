@@ -18,6 +18,7 @@ import os
 from typing import Any, NamedTuple
 
 import numpy as np
+import sklearn.metrics
 
 from jaxleak._src import validate
 from jaxleak.metrics import figures
@@ -40,7 +41,10 @@ def _scores(x: Any, name: str, fn: str) -> np.ndarray:
 
 def roc_curve(member_scores: Any, nonmember_scores: Any
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """The ROC curve over all distinct thresholds.
+  """The ROC curve over all distinct thresholds (`sklearn.metrics.roc_curve`).
+
+  Every threshold is kept (``drop_intermediate=False``), so the low-FPR
+  region that `tpr_at_fpr` reads is not thinned.
 
   Args:
     member_scores: [m] scores of members (positives).
@@ -54,22 +58,14 @@ def roc_curve(member_scores: Any, nonmember_scores: Any
   fn = "roc_curve"
   pos = _scores(member_scores, "member_scores", fn)
   neg = _scores(nonmember_scores, "nonmember_scores", fn)
-  scores = np.concatenate([pos, neg])
-  is_pos = np.concatenate([np.ones(pos.size, bool), np.zeros(neg.size, bool)])
-  order = np.argsort(-scores, kind="stable")
-  scores, is_pos = scores[order], is_pos[order]
-  # Close a step only where the score changes, so ties move together.
-  last = np.r_[np.flatnonzero(np.diff(scores) != 0), scores.size - 1]
-  tps = np.cumsum(is_pos)[last]
-  fps = (last + 1) - tps
-  fpr = np.r_[0.0, fps / neg.size]
-  tpr = np.r_[0.0, tps / pos.size]
-  return fpr, tpr, np.r_[np.inf, scores[last]]
+  is_member = np.r_[np.ones(pos.size, bool), np.zeros(neg.size, bool)]
+  return sklearn.metrics.roc_curve(is_member, np.r_[pos, neg],
+                                   drop_intermediate=False)
 
 
 def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
-  """Trapezoidal area under a ROC curve."""
-  return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+  """Trapezoidal area under a ROC curve (`sklearn.metrics.auc`)."""
+  return float(sklearn.metrics.auc(fpr, tpr))
 
 
 def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:

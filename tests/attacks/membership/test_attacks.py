@@ -83,12 +83,15 @@ def test_lira_online_and_offline(setting):
   res_on = mia.attack_metrics(online[member], online[out])
   res_off = mia.attack_metrics(offline[member], offline[out])
   assert res_on.auc > 0.7 and res_off.auc > 0.7
-  loss_auc = mia.threshold_attack(
+  loss = mia.threshold_attack(
       "loss", _logits(s, pop)[member], pop.labels[member],
-      _logits(s, pop)[out], pop.labels[out]).auc
-  # LiRA's per-example calibration helps at low FPR.
-  assert res_on.tpr_at_1pct_fpr > 0.0
-  assert res_on.auc > loss_auc - 0.05
+      _logits(s, pop)[out], pop.labels[out])
+  # LiRA's per-example calibration helps at low FPR: at 1% FPR both variants
+  # find 10x chance (0.01) and 10x the global loss threshold (measured: 0.41
+  # online, 0.32 offline, 0.005 for the loss attack).
+  assert min(res_on.tpr_at_1pct_fpr, res_off.tpr_at_1pct_fpr) > max(
+      0.1, 10 * loss.tpr_at_1pct_fpr)
+  assert res_on.auc > loss.auc - 0.05
   # Non-members against non-members: two halves of the target's OUT set.
   out_idx = np.flatnonzero(out)
   half = np.random.default_rng(3).permutation(out_idx)

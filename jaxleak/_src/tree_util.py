@@ -1,0 +1,65 @@
+"""Small pytree helpers shared across packages (one copy of each).
+
+* `trainable` / `with_trainable`: the trainable part of a model's parameters
+  (for a Flax variables dict ``{"params": ..., "batch_stats": ...}`` it is
+  ``params["params"]``: running BatchNorm averages have no gradient).
+* `param_count`: number of scalars in a pytree.
+* `gaussian_like`: i.i.d. ``N(0, std^2)`` noise shaped like a pytree, one key
+  per leaf (the per-leaf Gaussian noise of DP aggregation, the gradient
+  defences and the I²F audit).
+
+Norms and inner products of pytrees come from ``optax.tree_utils``
+(``tree_norm``, ``tree_vdot``), not from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+__all__ = ("is_flax_variables", "trainable", "with_trainable", "param_count",
+           "gaussian_like")
+
+
+def is_flax_variables(params: Any) -> bool:
+  """Whether `params` is a Flax variables dict (has a "params" collection)."""
+  return isinstance(params, Mapping) and "params" in params
+
+
+def trainable(params: Any) -> Any:
+  """``params["params"]`` for a Flax variables dict, else `params` whole."""
+  return params["params"] if is_flax_variables(params) else params
+
+
+def with_trainable(params: Any, new_trainable: Any) -> Any:
+  """`params` with its trainable part replaced by `new_trainable`."""
+  if is_flax_variables(params):
+    return {**params, "params": new_trainable}
+  return new_trainable
+
+
+def param_count(params: Any) -> int:
+  """Number of trainable scalars: all leaves of ``trainable(params)``.
+
+  ``np.shape`` also works on ``jax.ShapeDtypeStruct``, so abstract trees from
+  ``jax.eval_shape`` are counted without allocating them.
+  """
+  return int(sum(math.prod(np.shape(leaf))
+                 for leaf in jax.tree.leaves(trainable(params))))
+
+
+def gaussian_like(tree: Any, key: jax.Array, std: Any) -> Any:
+  """i.i.d. ``std * N(0, 1)`` per leaf, leaf shapes and dtypes, one key each.
+
+  The key is split into one key per leaf in ``jax.tree.leaves`` order, so the
+  noise of a leaf does not depend on the other leaves' shapes.
+  """
+  leaves, treedef = jax.tree.flatten(tree)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(treedef, [
+      std * jax.random.normal(k, np.shape(x), jax.numpy.result_type(x))
+      for k, x in zip(keys, leaves)])
