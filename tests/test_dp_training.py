@@ -111,10 +111,10 @@ def test_bad_configs_name_the_argument(digits):
   train, test = digits
   apply_fn, params = _model(train)
   bad = [
-      (dict(target_epsilon=None), "exactly one of"),
-      (dict(expected_batch_size=10**6), "'expected_batch_size'"),
-      (dict(delta=0.01), "'delta'"),
-      (dict(rule="magic"), "'rule' must be one of"),
+      ({"target_epsilon": None}, "exactly one of"),
+      ({"expected_batch_size": 10**6}, "'expected_batch_size'"),
+      ({"delta": 0.01}, "'delta'"),
+      ({"rule": "magic"}, "'rule' must be one of"),
   ]
   for kwargs, match in bad:
     with pytest.raises(ValueError, match=match):

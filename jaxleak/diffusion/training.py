@@ -273,7 +273,7 @@ def train_prior(apply_fn: Callable[..., jax.Array], params: Any,
                 callback_every: int = 0, progress: bool = True,
                 devices: Optional[list[Any]] = None,
                 stop_after: Optional[int] = None,
-                run_info: Optional[dict[str, Any]] = None) -> TrainResult:
+                run_info: dict[str, Any] | None = None) -> TrainResult:
   """Trains (or resumes training) a diffusion UNet.
 
   Args:
@@ -400,7 +400,7 @@ def train_prior(apply_fn: Callable[..., jax.Array], params: Any,
                      resumed_from=result.resumed_from)
 
 
-def _data_checksum(images: np.ndarray, labels: Optional[np.ndarray]) -> str:
+def _data_checksum(images: np.ndarray, labels: np.ndarray | None) -> str:
   """A cheap fingerprint of the training set (another dataset, subset, order)."""
   images = np.asarray(images, np.float32).reshape(-1)
   digest = hashlib.sha256(np.ascontiguousarray(
