@@ -58,8 +58,9 @@ def register(subparsers) -> None:
                      "GradInversion, diffusion DPS/DSG) against a simulated "
                      "victim",
       description="Simulate victims that share (defended) gradients of a "
-                  "private batch and invert them; reports MSE, PSNR, SSIM and "
-                  "label accuracy over --trials private batches.")
+                  "private batch and invert them; reports MSE, PSNR, SSIM, "
+                  "LPIPS (with the [lpips] extra) and label accuracy over "
+                  "--trials private batches.")
   p.add_argument("--attack", default="inverting_gradients",
                  help="dlg, idlg, inverting_gradients, grad_inversion or any "
                       "registered attack; flags not given take the attack's "

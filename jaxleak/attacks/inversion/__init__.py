@@ -16,9 +16,12 @@ GradInversion are named `AttackConfig` option sets of one attacker,
                                 ground_truth=(images, labels), steps=2000)
   result.metrics["psnr"], result.labels
 
-Pieces for new attacks: `victim_gradient` (the operator A(x)),
-`l2_distance`, `cosine_distance`, `total_variation`, `bn_matching`,
-`recover_labels`, `MatchingProblem` and `optimize.minimize`.
+A variant of the four is a new `AttackConfig` (``NAMED_ATTACKS["idlg"]
+.replace(optimizer="adam")``) run by `gradient_matching`, or registered
+under a name with `named_attack` and `register_attack`. Pieces for other
+attacks: `victim_gradient` (the operator A(x)), `l2_distance`,
+`cosine_distance`, `total_variation`, `bn_matching`, `recover_labels`,
+`MatchingProblem`, `gradient_matching_attack` and `optimize.minimize`.
 
 Diffusion-prior attacks (`diffusion_dps`, `diffusion_dsg`; module
 `diffusion_guided`) guide a pretrained `jaxleak.diffusion` prior's sampler
