@@ -74,8 +74,8 @@ def test_unlearn_defaults_train_an_mlp_on_digits_to_a_sensible_accuracy(
 
 def test_unlearn_warns_when_the_original_model_is_far_below_a_linear_probe(
     tmp_path, capsys):
-  argv = ["--dataset", "digits", "--model", "logreg", "--epochs", "1",
-          "--lr", "1e-3", "--method", "finetune", "--no-step-cache",
+  argv = ["--dataset", "digits", "--model", "logreg", "--epochs", "3",
+          "--lr", "1e-4", "--method", "finetune", "--no-step-cache",
           "--workdir", str(tmp_path), "--no-progress"]
   assert _run(argv) == 0
   err = capsys.readouterr().err
