@@ -57,7 +57,7 @@ TINY = {
         "long": ["--epochs", "50"],
     },
     "train-prior": {
-        "base": ["--dataset", "digits", "--resolution", "8",
+        "base": ["--dataset", "digits", "--resolution", "16",
                  "--block-channels", "32", "32", "--steps", "6",
                  "--batch-size", "8", "--sample-every", "0",
                  "--sample-steps", "2", "--checkpoint-every", "2",
@@ -80,7 +80,7 @@ TINY = {
         "base": ["--attack", "idlg", "--model", "mlp", "--dataset", "digits",
                  "--steps", "3"],
         "other": ["--model", "lenet"],
-        "long": ["--steps", "100000"],
+        "long": ["--steps", "20000"],
     },
     "i2f": {
         "base": ["--model", "mlp", "--dataset", "digits", "--n", "3",
@@ -90,6 +90,7 @@ TINY = {
     },
 }
 
+SIGINT_GRACE_S = 60
 UNKNOWN_NAME_FLAGS = ("--attack", "--method", "--prior", "--model", "--rule",
                       "--dataset")
 INT_FLAGS = ("--batch-size", "--n", "--steps", "--epochs", "--trials")
@@ -186,12 +187,17 @@ def run_cli(argv: list[str], timeout: float, *, sigint_when=None) -> dict:
         interrupted = True
         break
       time.sleep(0.2)
+  # An interrupted command has SIGINT_GRACE_S to stop, as a user would wait.
+  left = (SIGINT_GRACE_S if interrupted
+          else max(timeout - (time.time() - t0), 1))
   try:
-    out, err = proc.communicate(timeout=max(timeout - (time.time() - t0), 1))
+    out, err = proc.communicate(timeout=left)
   except subprocess.TimeoutExpired:
     proc.kill()
     out, err = proc.communicate()
-    return {"rc": "timeout", "stdout": out, "stderr": err,
+    rc = (f"no exit within {SIGINT_GRACE_S} s of SIGINT" if interrupted
+          else "timeout")
+    return {"rc": rc, "stdout": out, "stderr": err,
             "seconds": time.time() - t0, "interrupted": interrupted}
   return {"rc": proc.returncode, "stdout": out, "stderr": err,
           "seconds": time.time() - t0, "interrupted": interrupted}
@@ -227,17 +233,23 @@ def summarise(res: dict | None, column: str) -> dict:
   lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines()
            if ln.strip() and not _is_noise(ln)]
   first = lines[0] if lines else ""
-  if res["rc"] not in (0, "timeout") and err.strip():
+  if res["rc"] != 0 and isinstance(res["rc"], int) and err.strip():
     errs = [ln.strip() for ln in err.replace("\r", "\n").splitlines()
             if "error" in ln.lower() and not _is_noise(ln)]
     first = errs[0] if errs else first
+  if column == "rerun after SIGINT":  # what matters: did it pick up?
+    resumed = [ln.strip() for ln in (out + "\n" + err).splitlines()
+               if "resum" in ln.lower() and not _is_noise(ln)]
+    first = resumed[0] if resumed else f"(no resume message) {first}"
   flag = None
   if "Traceback (most recent call last)" in err + out:
     flag = "TRACEBACK"
   elif column in MUST_FAIL and res["rc"] == 0:
     flag = "SILENT"
-  elif res["rc"] == "timeout":
-    flag = "TIMEOUT"
+  elif column == "ok run" and res["rc"] != 0:
+    flag = "FAILED"
+  elif not isinstance(res["rc"], int):
+    flag = "HANG"
   return {"cell": f"{res['rc']}: {first[:160]}", "flag": flag}
 
 
@@ -256,19 +268,19 @@ def matrix_for(command: str, sub: argparse.ArgumentParser, root: str,
   flags = pick_flags(sub)
   cells: dict[str, dict | None] = {c: None for c in COLUMNS}
   w = lambda name: os.path.join(root, command, name)
+  run = lambda argv, **kw: run_cli([command, *argv], timeout, **kw)
   wd = lambda name: (["--workdir", w(name)] if has_run_flags else [])
 
-  cells["ok run"] = run_cli(base + nopro + wd("ok"), timeout)
+  cells["ok run"] = run(base + nopro + wd("ok"))
   if flags["name"]:
-    cells["unknown name"] = run_cli(
-        _with(base, [flags["name"], "no_such_name"]) + nopro + wd("name"),
-        timeout)
+    cells["unknown name"] = run(
+        _with(base, [flags["name"], "no_such_name"]) + nopro + wd("name"))
   for column, flag, value in (("zero", "int", "0"), ("negative", "int", "-3"),
                               ("NaN", "float", "nan"),
                               ("Inf", "float", "inf")):
     if flags[flag]:
-      cells[column] = run_cli(
-          _with(base, [flags[flag], value]) + nopro + wd(column), timeout)
+      cells[column] = run(
+          _with(base, [flags[flag], value]) + nopro + wd(column))
   if not has_run_flags:
     return {c: {**summarise(r, c), "raw": _tail(r)} for c, r in cells.items()}
 
@@ -278,20 +290,16 @@ def matrix_for(command: str, sub: argparse.ArgumentParser, root: str,
     read_only = w("read_only")
     os.makedirs(read_only, exist_ok=True)
     os.chmod(read_only, 0o555)
-  cells["read-only workdir"] = run_cli(
-      base + nopro + ["--workdir", read_only], timeout)
+  cells["read-only workdir"] = run(
+      base + nopro + ["--workdir", read_only])
   a_file = w("a_file")
   os.makedirs(os.path.dirname(a_file), exist_ok=True)
   with open(a_file, "w") as f:
     f.write("not a folder\n")
-  cells["workdir under a file"] = run_cli(
-      base + nopro + ["--workdir", os.path.join(a_file, "run")], timeout)
+  cells["workdir under a file"] = run(
+      base + nopro + ["--workdir", os.path.join(a_file, "run")])
 
   ok_dir = w("ok")
-  if "other" in conf and cells["ok run"]["rc"] == 0:
-    cells["other run's workdir"] = run_cli(
-        _with(base, conf["other"]) + nopro + ["--workdir", ok_dir], timeout)
-
   steps = _step_dirs(ok_dir) if cells["ok run"]["rc"] == 0 else []
   if steps:
     for column, victims in (("newest ckpt truncated", "newest"),
@@ -299,13 +307,14 @@ def matrix_for(command: str, sub: argparse.ArgumentParser, root: str,
       trunc = w(column.replace(" ", "_"))
       shutil.rmtree(trunc, ignore_errors=True)
       shutil.copytree(ok_dir, trunc)
-      for p in (["metrics.json", "report.md"]):
-        if os.path.exists(os.path.join(trunc, p)):
-          os.remove(os.path.join(trunc, p))
       dirs = _step_dirs(trunc)
       for d in (dirs[-1:] if victims == "newest" else dirs):
         _truncate(d)
-      cells[column] = run_cli(base + nopro + ["--workdir", trunc], timeout)
+      cells[column] = run(base + nopro + ["--workdir", trunc])
+
+  if "other" in conf and cells["ok run"]["rc"] == 0:  # after the copies above
+    cells["other run's workdir"] = run(
+        _with(base, conf["other"]) + nopro + ["--workdir", ok_dir])
 
   if "long" in conf:
     long_args = _with(base, conf["long"]) + nopro
@@ -315,13 +324,12 @@ def matrix_for(command: str, sub: argparse.ArgumentParser, root: str,
     def ready(elapsed: float) -> bool:
       return bool(_step_dirs(sig_dir)) or elapsed > 45
 
-    first = run_cli(long_args + ["--workdir", sig_dir], timeout,
-                    sigint_when=ready)
+    first = run(long_args + ["--workdir", sig_dir], sigint_when=ready)
     cells["SIGINT"] = first
     if first["interrupted"]:
       # Resume, but only to check that it picks up: stop it again soon.
-      again = run_cli(long_args + ["--workdir", sig_dir], timeout,
-                      sigint_when=lambda t: t > 60)
+      again = run(long_args + ["--workdir", sig_dir],
+                  sigint_when=lambda t: t > 60)
       cells["rerun after SIGINT"] = again
   return {c: {**summarise(r, c), "raw": _tail(r)} for c, r in cells.items()}
 
@@ -343,7 +351,8 @@ def write_markdown(results: dict[str, dict], path: str, meta: dict) -> None:
       f"{meta['time']} ({meta['git']}); {meta['seconds']:.0f} s. Each cell: "
       "exit code, then the first line of the error (or of the output). "
       "**TRACEBACK**: a Python traceback was printed; **SILENT**: a bad "
-      "input exited 0. Exit codes: 0 done, 2 bad input, 75 preempted, 130 "
+      "input exited 0; **HANG**: no exit within the time limit (or within "
+      "60 s of SIGINT); **FAILED**: the plain tiny run did not succeed. Exit codes: 0 done, 2 bad input, 75 preempted, 130 "
       "interrupted (SIGINT). The rerun after SIGINT is itself interrupted "
       "after 60 s; what matters there is that it resumed."),
       "",
