@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import default  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def get_config():
