@@ -137,6 +137,7 @@ def main():
   p.add_argument("--fast-compile", action="store_true",
                  help="memory analysis with XLA's fast-compile options")
   p.add_argument("--skip-timing", action="store_true")
+  p.add_argument("--skip-memory", action="store_true")
   p.add_argument("--out", default=os.path.join(
       os.path.dirname(os.path.abspath(__file__)), "results",
       "user_level_speed.json"))
@@ -144,7 +145,8 @@ def main():
   prior = diffusion.load_prior("mnist")
   apply_fn, params = models.create("cnn_mnist", 10, (28, 28, 1),
                                    jax.random.key(0))
-  memory = step_memory(args, apply_fn, params, prior)
+  memory = [] if args.skip_memory else step_memory(args, apply_fn, params,
+                                                   prior)
   timing = [] if args.skip_timing else seconds_per_user(
       args, apply_fn, params, prior)
   out = {"device": str(jax.devices()[0]), "load_average": os.getloadavg(),
