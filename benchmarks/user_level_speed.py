@@ -8,7 +8,7 @@ Two measurements:
   the second run reuses the compiled step (steady state). The attack's
   program does not depend on B (the observed gradient has the parameters'
   shape), so B only changes the victim's one-off gradient.
-* **Memory of one Adam step** at window w = 1, 4 and the whole chain, for
+* **Memory of one gradient** at window w = 1, 4 and the whole chain, for
   chain lengths S: XLA's buffer assignment of the compiled step
   (``compiled.memory_analysis()``: temporaries plus arguments and outputs),
   i.e. the peak the step needs, without running it. With a fixed window the
@@ -72,7 +72,23 @@ def seconds_per_user(args, apply_fn, params, prior) -> list[dict]:
   return rows
 
 
+def _tiny_prior():
+  """A random-weight 16x16 UNet (one level): cheap to compile, for scaling."""
+  spec = diffusion.UNetSpec(resolution=16, channels=1,
+                            block_out_channels=(32,))
+  shapes = jax.eval_shape(lambda k: diffusion.init_unet(spec, k),
+                          jax.random.key(0))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(
+      lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype),
+      shapes)
+  return diffusion.Prior("tiny16", spec, params,
+                         diffusion.linear_schedule(1000))
+
+
 def step_memory(args, apply_fn, params, prior) -> list[dict]:
+  if args.memory_prior == "tiny":
+    prior = _tiny_prior()
   obs = _observation(args.batch_sizes[0], apply_fn, params)
   rows = []
   for s in args.chains:
@@ -90,18 +106,16 @@ def step_memory(args, apply_fn, params, prior) -> list[dict]:
                 "timesteps": jnp.asarray(padded), "cond": None,
                 "label": jnp.asarray(0), "tv": jnp.asarray(0.0)}
       z = jnp.zeros((1,) + prior.image_shape, jnp.float32)
-      opt = user_level.optax.scale_by_adam().init(z)
       t0 = time.perf_counter()
-      with inversion.compiler_options(inversion.FAST_COMPILE
-                                      if args.fast_compile else None):
-        compiled = user_level._adam_step.lower(  # pylint: disable=protected-access
-            problem, consts, z, opt, jnp.asarray(0), jnp.asarray(0.05)
-        ).compile()
+      options = dict(inversion.FAST_COMPILE) if args.fast_compile else {}
+      compiled = jax.jit(jax.value_and_grad(problem.loss),
+                         compiler_options=options).lower(
+                             z, consts, jnp.asarray(0)).compile()
       mem = compiled.memory_analysis()
       temp = int(mem.temp_size_in_bytes)
       total = temp + int(mem.argument_size_in_bytes) + int(
           mem.output_size_in_bytes)
-      rows.append({"chain_steps": s, "window": window,
+      rows.append({"prior": prior.name, "chain_steps": s, "window": window,
                    "whole_chain": window == s,
                    "temp_MiB": round(temp / 2**20, 2),
                    "peak_MiB": round(total / 2**20, 2),
@@ -117,9 +131,13 @@ def main():
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--window", type=int, default=4)
   p.add_argument("--chains", type=int, nargs="+", default=[5, 10, 20])
+  p.add_argument("--memory-prior", default="mnist", choices=("mnist", "tiny"),
+                 help="prior for the memory rows: the shipped 32x32 one, or "
+                      "a random 16x16 one-level UNet (compiles in seconds)")
   p.add_argument("--fast-compile", action="store_true",
                  help="memory analysis with XLA's fast-compile options")
   p.add_argument("--skip-timing", action="store_true")
+  p.add_argument("--skip-memory", action="store_true")
   p.add_argument("--out", default=os.path.join(
       os.path.dirname(os.path.abspath(__file__)), "results",
       "user_level_speed.json"))
@@ -127,7 +145,8 @@ def main():
   prior = diffusion.load_prior("mnist")
   apply_fn, params = models.create("cnn_mnist", 10, (28, 28, 1),
                                    jax.random.key(0))
-  memory = step_memory(args, apply_fn, params, prior)
+  memory = [] if args.skip_memory else step_memory(args, apply_fn, params,
+                                                   prior)
   timing = [] if args.skip_timing else seconds_per_user(
       args, apply_fn, params, prior)
   out = {"device": str(jax.devices()[0]), "load_average": os.getloadavg(),
@@ -142,11 +161,12 @@ def main():
     print(f"| {r['batch_size']} | {r['iterations']} | "
           f"{r['steady_s_per_user']} | {r['s_per_iteration']} | "
           f"{r['first_call_s']} |")
-  print("\n| chain steps S | window | step peak MiB | temporaries MiB |")
-  print("|---|---|---|---|")
+  print("\n| prior | chain steps S | window | step peak MiB | temporaries MiB |")
+  print("|---|---|---|---|---|")
   for r in memory:
     w = f"{r['window']} (whole chain)" if r["whole_chain"] else r["window"]
-    print(f"| {r['chain_steps']} | {w} | {r['peak_MiB']} | {r['temp_MiB']} |")
+    print(f"| {r['prior']} | {r['chain_steps']} | {w} | {r['peak_MiB']} | "
+          f"{r['temp_MiB']} |")
   print(f"\nwrote {args.out}; load average {out['load_average']}")
 
 

@@ -13,7 +13,10 @@ command skips what is done (resumable). Methods:
   then the mean of the B reconstructions;
 * ``ig_single``: Inverting Gradients optimising one image against the batch
   gradient (an observation of batch size 1, label recovered), no prior;
-* ``prior_only``: the prior's unguided DDIM chain from random noise.
+* ``prior_only``: the prior's unguided DDIM chain from random noise;
+* ``user_level_diffusion_cond``: the attack with the class-conditional prior
+  conditioned on the recovered majority label (a variant, not the paper's
+  unconditional set-up: the label alone then steers the prior).
 
 Both IG baselines get the attack's steady-state seconds per user: a
 calibration record holds the attack's time per user and IG's seconds per
@@ -67,7 +70,7 @@ def _append(workdir, record):
 def _settings(cfg):
   """(name, batch_size, mode, noise_multiplier or None, users, methods)."""
   out = [(f"B{b}_{m}", b, m, None, cfg.users, tuple(cfg.methods))
-         for b in cfg.batch_sizes for m in cfg.modes]
+         for m in cfg.modes for b in cfg.batch_sizes]
   out += [(f"dp{nm:g}_B{cfg.dp_batch_size}_{cfg.dp_mode}", cfg.dp_batch_size,
            cfg.dp_mode, float(nm), cfg.dp_users, tuple(cfg.dp_methods))
           for nm in cfg.dp_noise_multipliers]
@@ -87,9 +90,11 @@ def _run_method(method, obs, prior, cfg, key, steps_ig):
   from jaxleak.attacks import inversion  # pylint: disable=g-import-not-at-top
   from jaxleak.attacks.inversion import user_level  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
-  if method == "user_level_diffusion":
-    res = inversion.user_level_diffusion(obs, key=key, prior=prior,
-                                         **dict(cfg.attack))
+  if method.startswith("user_level_diffusion"):
+    kw = dict(cfg.attack)
+    if method == "user_level_diffusion_cond":
+      kw["class_conditional"] = True  # The prior conditioned on ȳ.
+    res = inversion.user_level_diffusion(obs, key=key, prior=prior, **kw)
     rep, extra = res.images, {"majority_label": res.majority_label,
                               "final_loss": res.final_loss}
   elif method == "ig_batch_mean":

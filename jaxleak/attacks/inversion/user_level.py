@@ -38,7 +38,10 @@ is a reconstruction of the described design, every part configurable:
   every stage uses the same compiled program (the chain is padded with
   identity steps at t = -1), so memory grows with ``w`` and not with S.
 * **Optimiser.** Adam on ``z`` (``optax.scale_by_adam``; the learning rate
-  is a traced argument), one jit-compiled step per iteration.
+  is a traced argument), one jit-compiled step per iteration; by default
+  the latent is projected back to the norm it had when its stage began
+  (for ``z_T`` the Gaussian shell of radius ≈ √n), which keeps it where the
+  deterministic chain decodes images rather than noise.
 
 The final representative is the full chain from the last latent, mapped to
 the victim's image space ``(x₀ + 1) / 2`` (resized and channel-matched as
@@ -306,10 +309,10 @@ class RepresentativeProblem:
 
 @_compile.jit(static_argnums=0)
 def _adam_step(problem: RepresentativeProblem, consts, z, opt_state, start,
-               lr):
+               lr, radius):
   loss, g = jax.value_and_grad(problem.loss)(z, consts, start)
-  updates, opt_state = optax.scale_by_adam().update(g, opt_state)
-  return z - lr * updates, opt_state, loss
+  z, opt_state = _adam_update(z, g, opt_state, lr, radius)
+  return z, opt_state, loss
 
 
 @_compile.jit(static_argnums=0)
@@ -330,9 +333,13 @@ def _tweedie_value_and_grad(problem: RepresentativeProblem, consts, x, t):
 
 
 @jax.jit
-def _adam_update(z, grad, opt_state, lr):
+def _adam_update(z, grad, opt_state, lr, radius):
+  """Adam on z; with radius [k] > 0, z is put back on that sphere per image."""
   updates, opt_state = optax.scale_by_adam().update(grad, opt_state)
-  return z - lr * updates, opt_state
+  z = z - lr * updates
+  norm = jnp.sqrt(jnp.sum(jnp.square(z), axis=(1, 2, 3), keepdims=True))
+  r = radius.reshape(-1, 1, 1, 1)
+  return jnp.where(r > 0, z * r / jnp.maximum(norm, 1e-12), z), opt_state
 
 
 def stepwise_value_and_grad(problem: RepresentativeProblem, consts, ts,
@@ -411,7 +418,8 @@ def user_level_diffusion(
     lr: float = 0.05, tv: float = 0.0, distance: str = "cosine",
     num_representatives: int = 1, class_conditional: bool = False,
     clip_x0: bool = True, checkpoint: bool = True, matmul_conv: bool = True,
-    loop: str | None = None, log_every: int = 10) -> UserLevelResult:
+    project_latent: bool = True, loop: str | None = None,
+    log_every: int = 10) -> UserLevelResult:
   """Recovers representative image(s) of a user's batch from its gradient.
 
   See the module docstring for the objective, time schedule and sliding
@@ -441,6 +449,10 @@ def user_level_diffusion(
     clip_x0: clip x̂₀ inside each DDIM step (as the prior's sampler).
     checkpoint: ``jax.checkpoint`` each UNet call in the window.
     matmul_conv: victim convolutions with matrix-product kernel derivatives.
+    project_latent: after each Adam step, rescale the latent to the norm it
+      had at the start of the stage (for z_T: ≈ √n, the Gaussian's shell),
+      so the optimisation moves along the prior's typical set instead of
+      drifting to latents the deterministic chain decodes into noise.
     loop: "fused" (one jit-compiled Adam step per iteration, the window's
       w + 1 UNet calls in one program) or "stepwise" (the same gradient
       from one compiled DDIM step, its vjp and the Tweedie objective, run
@@ -525,13 +537,16 @@ def user_level_diffusion(
     position = start
     opt_state = optax.scale_by_adam().init(z)
     start_arr = jnp.asarray(start, jnp.int32)
+    # The latent stays on the sphere it started the stage on (its norm).
+    radius = (jnp.sqrt(jnp.sum(jnp.square(z), axis=(1, 2, 3)))
+              if project_latent else jnp.zeros((k,), jnp.float32))
     for _ in range(n):
       if loop == "fused":
         z, opt_state, loss = _adam_step(problem, consts, z, opt_state,
-                                        start_arr, lr_arr)
+                                        start_arr, lr_arr, radius)
       else:
         loss, g = stepwise_value_and_grad(problem, consts, ts_host, z, start)
-        z, opt_state = _adam_update(z, g, opt_state, lr_arr)
+        z, opt_state = _adam_update(z, g, opt_state, lr_arr, radius)
       history.append(loss)
       done += 1
       if callback is not None and (done % log_every == 0
@@ -560,6 +575,7 @@ def user_level_diffusion(
            "num_representatives": k, "class_conditional": use_cond,
            "clip_x0": bool(clip_x0), "checkpoint": bool(checkpoint),
            "matmul_conv": bool(matmul_conv), "loop": loop,
+           "project_latent": bool(project_latent),
            "label_strategy": how,
            "stages": [list(s) for s in stages]}
   return UserLevelResult(
