@@ -39,10 +39,11 @@ def register(subparsers) -> None:
   p.add_argument("--s", type=_common.at_least(1.0), default=1.0, help="PSASC scale s >= 1")
   p.add_argument("--gamma", type=_common.positive_float, default=0.01, help="Auto-S gamma")
   p.add_argument("--path", default="auto",
-                 choices=("auto", "layerwise", "vmap", "two_pass"),
+                 choices=("auto", "layerwise", "mixed", "vmap", "two_pass"),
                  help="per-sample gradient path (auto: layerwise when every "
-                 "parameter is a Dense/Conv kernel or bias, the fastest on "
-                 "the benchmark; else vmap; two_pass: no B x params buffer)")
+                 "parameter is a Dense/Conv/Embed kernel or bias, the fastest "
+                 "on the benchmark; mixed when some are (norm scales per "
+                 "example); else vmap; two_pass: no B x params buffer)")
   p.add_argument("--microbatch-size", type=_common.positive_int, default=None,
                  help="examples per per-sample-gradient chunk (default: all)")
   p.add_argument("--devices", type=_common.positive_int, default=None,

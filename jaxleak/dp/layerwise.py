@@ -40,12 +40,21 @@ The norms are exact (no
 approximation), so every sensitivity bound of `jaxleak.dp.weights` holds as
 for the ``vmap`` path.
 
-Applicability: every parameter leaf must be the kernel or bias of exactly one
-plain ``flax.linen.Dense`` or 2-D ``flax.linen.Conv`` call (no groups,
-dilation, masks or circular padding), and examples must not interact (no
-BatchNorm in train mode). `plan` checks this at trace time and names the
-leaves that are not covered; `weighted_grad_sum` with ``path="auto"`` falls
-back to ``vmap`` then.
+Embeddings (``flax.linen.Embed``) are tapped too: the per-example gradient
+of the table is a scatter of the output gradients into the looked-up rows,
+and its norm the token-equality-masked Gram of those gradients
+(`_embed_terms`), so no ``[V, D]`` per-example table is formed.
+
+Applicability: a tapped leaf must be the kernel or bias of exactly one plain
+``flax.linen.Dense`` or 2-D ``flax.linen.Conv`` call (no groups, dilation,
+masks or circular padding), or the table of one ``flax.linen.Embed`` lookup
+(``Embed.attend``, tied output embeddings, counts as a second use), and
+examples must not interact (no BatchNorm in train mode). `plan` checks this at
+trace time and names the leaves that are not covered. The mixed path
+(`weighted_grad_sum` with uncovered leaves) differentiates those per example
+in the same backward pass; ``path="auto"`` takes it whenever a layer is
+tapped, ``vmap`` when none is (e.g. NNX models, whose layers are not linen
+modules).
 """
 
 from __future__ import annotations
