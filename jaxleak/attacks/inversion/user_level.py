@@ -385,7 +385,7 @@ def prior_representative(prior: Any, key: Any,
   """
   from jaxleak import diffusion  # pylint: disable=g-import-not-at-top
   fn = "prior_representative"
-  key = threat_model.canonical_key(key, fn)
+  key = validate.canonical_key(key, fn)
   prior = _load_prior(prior, fn)
   problem = RepresentativeProblem(
       unet_apply=prior.apply_fn, victim_apply=None,
@@ -475,13 +475,13 @@ def user_level_diffusion(
     raise TypeError(f"{FN}: argument 'observation' must be a "
                     "GradientObservation (see observe), got "
                     f"{type(observation).__name__}")
-  key = threat_model.canonical_key(key, FN)
-  positive = threat_model._positive_int  # pylint: disable=protected-access
-  steps = positive(steps, "steps", FN)
-  iterations = positive(iterations, "iterations", FN)
-  k = positive(num_representatives, "num_representatives", FN)
-  log_every = positive(log_every, "log_every", FN)
-  window = steps if window is None else positive(window, "window", FN)
+  key = validate.canonical_key(key, FN)
+  steps = validate.check_int(steps, "steps", fn=FN)
+  iterations = validate.check_int(iterations, "iterations", fn=FN)
+  k = validate.check_int(num_representatives, "num_representatives", fn=FN)
+  log_every = validate.check_int(log_every, "log_every", fn=FN)
+  window = (steps if window is None
+            else validate.check_int(window, "window", fn=FN))
   validate.check_choice(distance, "distance", ("cosine", "l2"), fn=FN)
   if loop is None:
     loop = "stepwise" if jax.default_backend() == "cpu" else "fused"
