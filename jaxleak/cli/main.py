@@ -22,6 +22,7 @@ SUBCOMMANDS = (
     "unlearn",
     "attack",
     "i2f",
+    "dp_audit",
 )
 
 
