@@ -24,6 +24,7 @@ SUBCOMMANDS = (
     "unlearn",
     "attack",
     "i2f",
+    "dp_audit",
 )
 
 
