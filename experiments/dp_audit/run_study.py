@@ -38,7 +38,7 @@ def run_gradient_cell(cfg, background, rule_name, eps, protocol, broken):
   from jaxleak.auditing import estimators  # pylint: disable=g-import-not-at-top
   from jaxleak.auditing import gradient_canaries as gc  # pylint: disable=g-import-not-at-top
   from jaxleak.dp import accounting  # pylint: disable=g-import-not-at-top
-  from jaxleak.dp import training as dp_training  # pylint: disable=g-import-not-at-top
+  from jaxleak import dp_training  # pylint: disable=g-import-not-at-top
   rule = dp_training.make_weight_rule(rule_name, s=cfg.psasc_s)
   sigma = accounting.calibrate_noise(eps, sample_rate=cfg.sample_rate,
                                      steps=cfg.steps, delta=cfg.delta)

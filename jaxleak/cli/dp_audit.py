@@ -144,7 +144,7 @@ def _check_args(args) -> None:
 
 
 def _rule(args):
-  from jaxleak.dp import training as dp_training  # pylint: disable=g-import-not-at-top
+  from jaxleak import dp_training  # pylint: disable=g-import-not-at-top
   return dp_training.make_weight_rule(args.rule, l2_norm_clip=args.clip, r=args.r,
                                       s=args.s, gamma=args.gamma)
 
@@ -225,7 +225,7 @@ def _input_scores(args, rule, workdir):
 
   from jaxleak import training  # pylint: disable=g-import-not-at-top
   from jaxleak.auditing import input_canaries as ic  # pylint: disable=g-import-not-at-top
-  from jaxleak.dp import training as dp_training  # pylint: disable=g-import-not-at-top
+  from jaxleak import dp_training  # pylint: disable=g-import-not-at-top
   train, test = _common.load_splits(args)
   canaries = ic.make_canaries(train, args.canaries, seed=args.seed)
   train_set = ic.training_set(canaries)
