@@ -68,7 +68,7 @@ def test_user_level_cli_writes_figures_metrics_report(tmp_path, prior_dir,
 @pytest.mark.parametrize("flags,match", [
     (["--users", "1"], "--users must be >= 2"),
     (["--users", "3", "--user-mode", "iid"], "--user-mode must be one of"),
-    (["--users", "3", "--share", "1.5"], "--share must be in"),
+    (["--users", "3", "--share", "1.5"], "--share: must be in"),
     (["--users", "3", "--batch-size", "200"],
      "--batch-size \\(200\\) is larger than a class allows"),
     (["--users", "400", "--batch-size", "5"],
