@@ -121,9 +121,9 @@ def register(subparsers) -> None:
   g.add_argument("--prior", default=None,
                  help="diffusion prior: a shipped name (mnist) or a prior "
                       "folder; --steps is the number of sampling steps")
-  g.add_argument("--zeta", type=_common.positive_float, default=None,
+  g.add_argument("--zeta", type=_common.nonnegative_float, default=None,
                  help="diffusion_dps guidance step size")
-  g.add_argument("--guidance-rate", type=_common.positive_float, default=None,
+  g.add_argument("--guidance-rate", type=_common.nonnegative_float, default=None,
                  help="diffusion_dsg guidance rate m_r (0.2)")
   u = p.add_argument_group(
       "user-level attacks (user_level_diffusion): with --users, each of N "

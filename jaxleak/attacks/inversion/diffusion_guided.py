@@ -499,7 +499,7 @@ def diffusion_dps(
   Returns:
     A `DiffusionInversionResult`; ``loss_history`` is D at every step.
   """
-  validate.check_positive(zeta, "zeta", fn="diffusion_dps")
+  validate.check_positive(zeta, "zeta", fn="diffusion_dps", allow_zero=True)
   return _guided_attack(
       "diffusion_dps", "dps", observation, key=key, ground_truth=ground_truth,
       callback=callback, prior=prior, steps=steps, sampler=sampler, eta=eta,
