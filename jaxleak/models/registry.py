@@ -319,8 +319,7 @@ def create(name: str, num_classes: int, input_shape: Sequence[int],
     TypeError: for a keyword argument the model does not accept.
   """
   validate.check_choice(name, "name", available(), fn="create")
-  if isinstance(key, int) and not isinstance(key, bool):
-    key = jax.random.key(key)
+  key = validate.canonical_key(key, "create")
   validate.check_int(num_classes, "num_classes", fn="create")
   input_shape = _check_input_shape(input_shape)
   validate.check_choice(init, "init", INIT_SCHEMES, fn="create")
