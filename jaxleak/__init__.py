@@ -8,7 +8,9 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = (
+# A literal tuple, so that linters and IDEs can read the public names.
+__all__ = (
+    "__version__",
     "data",
     "models",
     "metrics",
@@ -23,8 +25,7 @@ _SUBMODULES = (
     "unlearning",
     "cli",
 )
-
-__all__ = ("__version__",) + _SUBMODULES
+_SUBMODULES = __all__[1:]
 
 
 def __getattr__(name):

@@ -526,8 +526,7 @@ def jacobian_spectrum(apply_fn: ApplyFn, params: Any, x: Any, y: Any, k: int,
     v0 = jnp.ones_like(x) + 0.01 * jnp.cos(
         jnp.arange(x.size, dtype=x.dtype)).reshape(x.shape)
   else:
-    key = jax.random.key(key) if isinstance(key, int) else key
-    v0 = jax.random.normal(key, x.shape, x.dtype)
+    v0 = jax.random.normal(validate.canonical_key(key, fn), x.shape, x.dtype)
   y = y if loss_fn is not None else jnp.asarray(y, jnp.int32)
   theta, vecs = _spectrum_core(apply_fn, params, x, y, v0, loss_fn=loss_fn,
                                num_iters=num_iters,
@@ -571,10 +570,7 @@ def i2f_expectation(apply_fn: ApplyFn, params: Any, x: Any, y: Any,
   _check_solver_args(fn, eps, "cg", tol, maxiter)
   validate.check_choice(form, "form", ("damped", "trace"), fn=fn)
   num_probes = _check_int(fn, num_probes, "num_probes")
-  if key is None:
-    raise ValueError(f"{fn}: argument 'key' is required (a jax.random.key or "
-                     "an int seed)")
-  key = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
+  key = validate.canonical_key(key, fn)
   x, _ = _check_inputs(fn, params, x, y, None, loss_fn)
   y = y if loss_fn is not None else jnp.asarray(y, jnp.int32)
   probes = jax.random.rademacher(key, (num_probes,) + x.shape, x.dtype)

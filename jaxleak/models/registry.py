@@ -372,8 +372,7 @@ def create(name: str, num_classes: int, input_shape: Sequence[int],
     TypeError: for a keyword argument the model does not accept.
   """
   validate.check_choice(name, "name", available(), fn="create")
-  if isinstance(key, int) and not isinstance(key, bool):
-    key = jax.random.key(key)
+  key = validate.canonical_key(key, "create")
   if (not isinstance(num_classes, int) or isinstance(num_classes, bool)
       or num_classes < 2):
     # One class would train and attack an identically zero cross-entropy.

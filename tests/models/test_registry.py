@@ -186,7 +186,7 @@ def test_bad_input_errors_name_x(get_model):
 
 
 def test_bn_model_flags_and_layer_order(get_model):
-  apply_fn, params = get_model("convnet", CIFAR, width=4, norm="batch")
+  apply_fn, _ = get_model("convnet", CIFAR, width=4, norm="batch")
   assert apply_fn.has_batch_norm
   assert apply_fn.bn_layers == tuple((f"norm{i}",) for i in range(8))
   resnet_fn, resnet_params = get_model("resnet18", CIFAR, width=4, norm="batch")

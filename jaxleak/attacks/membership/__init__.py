@@ -72,6 +72,7 @@ __all__ = (
     "save_roc_png",
     "shadow_in_masks",
     "shadow_statistics",
+    "train_shadow_models",
     "stack_params",
     "threshold_attack",
     "tpr_at_fpr",
