@@ -71,7 +71,7 @@ TINY = {
         "long": ["--n", "64", "--steps", "500"],
     },
     "unlearn": {
-        "base": ["--model", "logreg", "--dataset", "digits", "--epochs", "2",
+        "base": ["--model", "logreg", "--dataset", "digits", "--epochs", "3",
                  "--method", "finetune", "--ratio", "0.1"],
         "other": ["--model", "mlp"],
         "long": ["--epochs", "500", "--no-step-cache"],
@@ -388,6 +388,11 @@ def main(argv=None) -> int:
   ap.add_argument("--timeout", type=float, default=600,
                   help="seconds per jaxleak call")
   args = ap.parse_args(argv)
+  # A shell starts background jobs with SIGINT ignored, an ignored signal
+  # stays ignored across exec, and Python then never raises
+  # KeyboardInterrupt. A handled signal is reset to the default at exec, so
+  # handling it here lets every jaxleak child see SIGINT as a user's Ctrl-C.
+  signal.signal(signal.SIGINT, signal.default_int_handler)
   t0 = time.time()
   subs = subcommands()
   commands = args.commands or list(subs)
