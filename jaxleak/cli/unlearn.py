@@ -167,6 +167,10 @@ def run(args) -> int:
           f"unlearn: argument '--method' {m!r} is not one of "
           f"{', '.join(ul.available())}")
   _common.check_model_name(args, extra=(LOGREG,))
+  if args.snapshots > args.epochs - 1:
+    raise ValueError(
+        f"argument --snapshots: must be at most --epochs - 1 = "
+        f"{args.epochs - 1} (one per earlier epoch end), got {args.snapshots}")
   if args.lira_shadows % 2:
     raise ValueError("argument --lira-shadows: must be even (each example is "
                      f"IN for half of the shadows), got {args.lira_shadows}")

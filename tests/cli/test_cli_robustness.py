@@ -38,6 +38,7 @@ BAD_INPUTS = [
     (["unlearn", "--lr", "nan"], "--lr"),
     (["unlearn", "--ratio", "inf"], "--ratio"),
     (["unlearn", "--batch-size", "0"], "--batch-size"),
+    (["unlearn", "--epochs", "2"], "--snapshots"),  # default --snapshots 2
     (["i2f", "--noise-var", "nan"], "--noise-var"),
     (["i2f", "--eps", "inf"], "--eps"),
     (["i2f", "--n", "2"], "--n"),
