@@ -18,6 +18,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/dp_audit", "output folder")
+_SUMMARISE_ONLY = flags.DEFINE_bool(
+    "summarise_only", False,
+    "rebuild results.md/csv and the plot from results.jsonl (and finished "
+    "input-canary folders) without running anything, e.g. while several "
+    "processes share one workdir with their own --config.protocols")
 
 
 def gradient_cells(cfg):
@@ -74,7 +79,8 @@ def run_input_cell(cfg, workdir, private):
           "--delta", str(cfg.delta), "--seed", str(cfg.seed), "--workdir", sub]
   argv += (["--rule", cfg.input_rule, "--epsilon", str(cfg.input_epsilon)]
            if private else ["--non-private"])
-  if cli_main.main(argv) != 0:
+  done = os.path.exists(os.path.join(sub, "metrics.json"))
+  if not done and cli_main.main(argv) != 0:
     raise RuntimeError(f"dp-audit failed: {argv}")
   with open(os.path.join(sub, "metrics.json")) as f:
     m = json.load(f)
@@ -171,7 +177,7 @@ def main(argv):
   background = None
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
   for key, rule, eps, protocol, broken in tqdm(cells, desc="audit cells"):
-    if key in done:
+    if key in done or _SUMMARISE_ONLY.value:
       continue
     if background is None:
       train = data.load(cfg.dataset, "train")
@@ -188,7 +194,9 @@ def main(argv):
   if cfg.input_canaries:
     for private in (False, True):
       key = f"input/{'dp' if private else 'nonprivate'}"
-      if key not in done:
+      sub = os.path.join(workdir, "input_dp" if private else "input_nonprivate")
+      finished = os.path.exists(os.path.join(sub, "metrics.json"))
+      if key not in done and (finished or not _SUMMARISE_ONLY.value):
         row = {"key": key, **run_input_cell(cfg, workdir, private)}
         report.append_jsonl(path, row)
         rows.append(row)

@@ -328,8 +328,9 @@ def run(args) -> int:
   report.write_json(os.path.join(workdir, "metrics.json"), metrics)
   import numpy as np  # pylint: disable=g-import-not-at-top
   np.savez(os.path.join(workdir, "scores.npz"), in_scores=ins, out_scores=outs)
-  title = (f"dp-audit {args.mode}: {tag}, {metrics['num_canaries']} canaries; "
-           f"eps lower bound {bound:.3f} ({method}) vs theory {eps_theory:.3f}")
+  title = (f"dp-audit {args.mode}: {tag}, {metrics['num_canaries']} canaries\n"
+           f"epsilon lower bound {bound:.3f} ({method}) vs accountant "
+           f"{eps_theory:.3f}")
   png = _histogram(ins, outs, os.path.join(workdir, "canary_scores.png"), title, xlabel)
   verdict = ("FLAGGED: the measured lower bound exceeds the claimed epsilon, the "
              "mechanism does not deliver its guarantee" if flagged else

@@ -52,8 +52,9 @@ def test_audit_flags_halved_noise_and_underestimated_sensitivity(background):
   assert bounds["half_sensitivity"] > eps, bounds
 
 
-@pytest.mark.parametrize("rule", [dp.clip(1.0), dp.auto_s(), dp.psac(),
-                                  dp.psasc(1.0, 0.1, 2.0)], ids=repr)
+# auto_s and psac are audited in experiments/dp_audit; two rules keep it fast.
+@pytest.mark.parametrize("rule", [dp.clip(1.0), dp.psasc(1.0, 0.1, 2.0)],
+                         ids=repr)
 def test_one_run_bound_is_informative_and_below_theory(background, rule):
   steps, eps = 2, 8.0
   ins, outs = gc.simulate_one_run(
