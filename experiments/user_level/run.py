@@ -128,14 +128,19 @@ def _calibrate(workdir, cfg, setup, prior, users_by_b):
   rec = {"kind": "calibration"}
   b0 = min(users_by_b)
   obs = ul.observe_user(setup, users_by_b[b0][0], key=0)
-  for _ in range(2):  # The second run reuses the compiled step.
-    _, wall, _ = _run_method("user_level_diffusion", obs, prior, cfg, 0, 0)
-  rec["attack_s_per_user"] = wall
+  if cfg.get("budget_s"):
+    # A budget measured elsewhere (the attack's steady-state s/user).
+    rec["attack_s_per_user"] = float(cfg.budget_s)
+    rec["budget_from_config"] = True
+  else:
+    for _ in range(2):  # The second run reuses the compiled step.
+      _, wall, _ = _run_method("user_level_diffusion", obs, prior, cfg, 0, 0)
+    rec["attack_s_per_user"] = wall
   probe = 20
   for b, users in sorted(users_by_b.items()):
     obs = ul.observe_user(setup, users[0], key=0)
     for name in ("ig_batch_mean", "ig_single"):
-      if name == "ig_single" and b != b0:
+      if name not in cfg.methods or (name == "ig_single" and b != b0):
         continue
       for _ in range(2):
         _, wall, _ = _run_method(name, obs, prior, cfg, 0, probe)
@@ -174,29 +179,33 @@ def run(cfg, workdir):
     calib = _calibrate(workdir, cfg, setup, prior, by_b)
   done = {(r["setting"], r["method"], r["user"]) for r in _records(workdir)
           if r.get("kind") == "user"}
-  for name, b, mode, nm, _, methods in settings:
+  # User-major order (user 0 of every setting, then user 1, ...), so that a
+  # run stopped early still covers every setting with the same users.
+  order = [(i, st) for i in range(max(n for *_, n, _ in settings))
+           for st in settings if i < st[4]]
+  for i, (name, b, mode, nm, _, methods) in order:
+    user = users[name][i]
     defence = (None if nm is None else inversion.DPClip(
         l2_norm_clip=cfg.dp_clip, noise_multiplier=nm))
-    for i, user in enumerate(users[name]):
-      todo = [m for m in methods if (name, m, i) not in done]
-      if not todo:
-        continue
-      obs = ul.observe_user(setup, user, key=cfg.seed * 1000 + i,
-                            defence=defence)
-      for method in todo:
-        steps_ig = _ig_steps(calib, method, b) if method.startswith(
-            "ig_") else 0
-        rep, wall, extra = _run_method(method, obs, prior, cfg,
-                                       cfg.seed * 100003 + i, steps_ig)
-        path = _rep_path(workdir, name, method, i)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        np.save(path, rep)
-        _append(workdir, {"kind": "user", "setting": name, "method": method,
-                          "user": i, "batch_size": b, "mode": mode,
-                          "noise_multiplier": nm,
-                          "attribute": ul.attribute(user), "wall_s": wall,
-                          **extra})
-        _log(f"{name} {method} user {i}: {wall:.1f} s")
+    todo = [m for m in methods if (name, m, i) not in done]
+    if not todo:
+      continue
+    obs = ul.observe_user(setup, user, key=cfg.seed * 1000 + i,
+                          defence=defence)
+    for method in todo:
+      steps_ig = _ig_steps(calib, method, b) if method.startswith(
+          "ig_") else 0
+      rep, wall, extra = _run_method(method, obs, prior, cfg,
+                                     cfg.seed * 100003 + i, steps_ig)
+      path = _rep_path(workdir, name, method, i)
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      np.save(path, rep)
+      _append(workdir, {"kind": "user", "setting": name, "method": method,
+                        "user": i, "batch_size": b, "mode": mode,
+                        "noise_multiplier": nm,
+                        "attribute": ul.attribute(user), "wall_s": wall,
+                        **extra})
+      _log(f"{name} {method} user {i}: {wall:.1f} s")
   return setup, users
 
 

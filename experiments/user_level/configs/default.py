@@ -38,6 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Baselines, each at the attack's per-user wall-clock budget.
   c.methods = ("user_level_diffusion", "prior_only", "ig_single",
                "ig_batch_mean", "user_level_diffusion_cond")
+  # Seconds per user for the IG baselines; 0: calibrate on the attack.
+  c.budget_s = 0.0
   c.ig = ml_collections.ConfigDict({"lr": 0.1, "tv": 1e-4, "restarts": 1})
   # DP-SGD on the user's update (per-sample clipping + Gaussian noise).
   # The DP table runs from configs/dp.py (a second process); none here.
