@@ -9,6 +9,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from tests.dp import _multiprocess_worker as worker
 
@@ -22,6 +23,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_and_draw_the_noise_once(tmp_path):
   port = _free_port()
   env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get(

@@ -21,7 +21,8 @@ def _images(seed, shape):
 def test_available_lists_every_model():
   assert models.available() == sorted(models.MODELS)
   assert set(models.available()) == {
-      "lenet", "convnet", "mlp", "cnn_mnist", "cnn_cifar", "resnet18"}
+      "lenet", "convnet", "mlp", "cnn_mnist", "cnn_cifar", "resnet18", "vit",
+      "text_transformer"}
 
 
 def test_public_api_exports():
