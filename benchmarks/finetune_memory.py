@@ -36,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _child(res: int, s: int, remat: bool, loop: str, run: bool,
-           victim: str) -> dict:
+           victim: str, fast_compile: bool = False) -> dict:
   sys.path.insert(0, ROOT)
   # pylint: disable=g-import-not-at-top
   import jax
@@ -54,15 +54,19 @@ def _child(res: int, s: int, remat: bool, loop: str, run: bool,
   obs = inversion.observe(apply_fn, params, x, np.array([3]), key=0)
   setup = dft.prepare(obs, key=jax.random.key(0), prior="lfw_faces",
                       sampling_steps=s, remat=remat, loop=loop)
+  options = inversion.FAST_COMPILE if fast_compile else None
   t0 = time.perf_counter()
-  mem = dft.step_memory(setup)
+  with inversion.compiler_options(options):
+    mem = dft.step_memory(setup)
   row = {"resolution": res, "sampling_steps": s, "remat": remat,
-         "loop": loop, "victim": victim, "compile_s": time.perf_counter() - t0,
+         "loop": loop, "victim": victim, "fast_compile": fast_compile,
+         "compile_s": time.perf_counter() - t0,
          **{f"xla_{k}": v for k, v in mem.items()}}
   if run:
     t0 = time.perf_counter()
-    out = dft.finetune_step(setup.problem, setup.theta, setup.opt_state,
-                            setup.consts)
+    with inversion.compiler_options(options):
+      out = dft.finetune_step(setup.problem, setup.theta, setup.opt_state,
+                              setup.consts)
     jax.block_until_ready(out)
     row["first_step_s"] = time.perf_counter() - t0
     row["peak_rss_mb"] = resource.getrusage(
@@ -93,6 +97,10 @@ def main(argv=None) -> int:
   p.add_argument("--remat", choices=("on", "off", "both"), default="both")
   p.add_argument("--loop", default="unrolled", choices=("unrolled", "scan"))
   p.add_argument("--victim", default="convnet")
+  p.add_argument("--fast-compile", action="store_true",
+                 help="XLA:CPU fast-compile options (inversion.FAST_COMPILE): "
+                      "compiles several times faster; less fusion, so more "
+                      "temporaries, but the trend in S is what is measured")
   p.add_argument("--run", action="store_true",
                  help="also run one step and record the peak RSS")
   p.add_argument("--timeout", type=float, default=1800,
@@ -110,16 +118,18 @@ def main(argv=None) -> int:
   rows = []
   if os.path.exists(args.out):  # resumable: keep finished configurations
     with open(args.out) as f:
-      rows = json.load(f).get("rows", [])
+      rows = [r for r in json.load(f).get("rows", []) if "error" not in r]
   done = {(r["resolution"], r["sampling_steps"], r["remat"], r["loop"],
-           r["victim"]) for r in rows}
+           r["victim"], r.get("fast_compile", False)) for r in rows}
   for res in args.resolutions:
     for s in args.sampling_steps:
       for remat in remats:
-        if (res, s, remat, args.loop, args.victim) in done:
+        if (res, s, remat, args.loop, args.victim,
+            args.fast_compile) in done:
           continue
         cfg = {"res": res, "s": s, "remat": remat, "loop": args.loop,
-               "run": args.run, "victim": args.victim}
+               "run": args.run, "victim": args.victim,
+               "fast_compile": args.fast_compile}
         try:
           proc = subprocess.run(
               [sys.executable, os.path.abspath(__file__), "--child",
