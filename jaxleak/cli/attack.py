@@ -97,7 +97,8 @@ def register(subparsers) -> None:
                       "lora (low-rank adapters on conv kernels)")
   f.add_argument("--lora-rank", type=int, default=None, help="LoRA rank (4)")
   f.add_argument("--distance", default=None,
-                 help="gradient distance: cosine, l2 or cosine+l2")
+                 help="gradient distance: cosine, l2 or cosine+l2 "
+                      "(diffusion_dps/dsg: l2 or cosine)")
   f.add_argument("--proximity", type=float, default=None,
                  help="weight of the L2 proximity to the starting weights")
   p.add_argument("--trials", type=int, default=1,

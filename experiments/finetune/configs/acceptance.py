@@ -48,4 +48,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.noise_levels = (0.0, 1e-3, 1e-2, 1e-1)
   c.dp_clip = 1.0
   c.dp_noise_multipliers = (1e-3, 1e-2)
+  # XLA:CPU fast-compile options for every attack: compiles several times
+  # faster, steps run ~1.7x slower; both attacks' budgets are matched under
+  # the same options.
+  c.fast_compile = True
   return c

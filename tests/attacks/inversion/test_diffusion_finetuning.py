@@ -109,6 +109,13 @@ def test_lr_zero_output_is_plain_ddim_sampling(prior, victim):
                               x_T, num_steps=STEPS, clip_x0=False)
   ref = np.clip((np.asarray(ref) + 1) / 2, 0, 1)
   np.testing.assert_allclose(r.images, ref, rtol=0, atol=1e-5)
+  # The lax.scan chain is the same map.
+  scan = jax.jit(lambda p, x: dft.ddim_chain(
+      prior.apply_fn, p, prior.schedule, x,
+      diffusion.ddim_timesteps(1000, STEPS), clip_x0=False, loop="scan"))
+  np.testing.assert_allclose(
+      np.clip((np.asarray(scan(prior.params, x_T)) + 1) / 2, 0, 1), ref,
+      rtol=0, atol=1e-5)
   assert r.snapshots.shape == (3, 1, 16, 16, 1)
   assert r.snapshot_steps.tolist() == [0, 1, 2]
   np.testing.assert_allclose(r.snapshots[-1], ref, rtol=0, atol=1e-5)
