@@ -154,7 +154,8 @@ def _execute(cfg, spec, done, workdir):
         np.concatenate([r.snapshots[:, 0], truth]),
         os.path.join(workdir, f"strip_{stem}.png"),
         nrow=len(r.snapshot_steps) + 1,
-        titles=[f"step {s}" for s in r.snapshot_steps] + ["target"])
+        titles=[f"{spec['prior']} prior, step 0"]
+        + [f"step {s}" for s in r.snapshot_steps[1:]] + ["target"])
     return rec
   if spec["kind"] == "ig":
     ref = done.get(_key({"kind": "finetune", "resolution": res,
@@ -222,7 +223,7 @@ def _write_report(cfg, workdir, records):
     s = r["spec"]
     if s["kind"] == "finetune" and s["prior"] == cfg.priors[0]:
       c = r["curve"]
-      curves[f"ft {s['resolution']}px {s['target']}"] = (
+      curves[f"ft[{s['prior']}] {s['resolution']}px {s['target']}"] = (
           [p["seconds"] for p in c], [p["psnr"] for p in c])
   for res in cfg.resolutions:
     for target in cfg.targets:

@@ -190,7 +190,8 @@ def _finetune_figures(result, truth, workdir) -> dict:
           metrics_lib.save_image_grid(
               np.concatenate([result.snapshots[:, 0], target]),
               path("finetune_strip.png"), nrow=len(steps) + 1,
-              titles=[f"step {s}" for s in steps] + ["target"],
+              titles=[f"{prior} prior, step {steps[0]}"]
+              + [f"step {s}" for s in steps[1:]] + ["target"],
               cell_size=2.0),
   }
 
