@@ -211,6 +211,9 @@ def run(args) -> int:
   if args.trials < 1:
     raise ValueError(f"argument --trials must be >= 1, got {args.trials}")
   kwargs = _attack_kwargs(attack_fn, args)
+  if args.attack == "diffusion_finetune" and args.resolution is not None:
+    inversion.diffusion_finetuning.check_prior_resolution(
+        kwargs.get("prior", "lfw_faces"), args.resolution)
   defence, defence_kwargs = _defence(args)
   model_kwargs = {"norm": args.norm} if args.norm else {}
   case = inversion.Case(

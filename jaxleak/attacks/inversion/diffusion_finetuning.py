@@ -89,6 +89,7 @@ __all__ = (
   "FinetuneInversionResult",
   "FinetuneProblem",
   "FinetuneSetup",
+  "check_prior_resolution",
   "check_resolution",
   "ddim_chain",
   "diffusion_finetune",
@@ -166,6 +167,28 @@ def check_resolution(spec: Any, image_shape: Sequence[int], fn: str) -> int:
         f"{fn}: argument 'resolution' ({h}) must be in "
         f"[{unet_lib.MIN_RESOLUTION}, {unet_lib.MAX_RESOLUTION}]")
   return h
+
+
+def check_prior_resolution(prior: Any, resolution: int,
+                           fn: str = "diffusion_finetune") -> None:
+  """Checks `resolution` against a prior's UNet before any data is loaded.
+
+  Args:
+    prior: as `resolve_prior` takes it ("random" uses the ablation's UNet).
+    resolution: the victim's image side.
+    fn: the caller's name for errors.
+
+  Raises:
+    ValueError: as `check_resolution`.
+  """
+  from jaxleak import diffusion  # pylint: disable=g-import-not-at-top
+  if isinstance(prior, str) and prior == RANDOM_PRIOR:
+    spec = diffusion.UNetSpec(block_out_channels=_RANDOM_BLOCKS)
+  elif isinstance(prior, diffusion.Prior):
+    spec = prior.spec
+  else:
+    spec = diffusion.load_prior(prior).spec
+  check_resolution(spec, (resolution, resolution), fn)
 
 
 def lift_prior(spec: Any, params: PyTree, resolution: int, channels: int

@@ -245,5 +245,11 @@ def test_cli_writes_target_reconstruction_strip_and_memory(tmp_path, capsys):
     assert cli.main(["attack", "--attack", "dlg", "--lora-rank", "2",
                      "--workdir", str(tmp_path)]) == 2
     assert "does not accept --lora-rank" in capsys.readouterr().err
+    # A resolution the UNet cannot down-sample fails before data loads.
+    assert cli.main(["attack", "--attack", "diffusion_finetune",
+                     "--dataset", "no_such_dataset", "--resolution", "66",
+                     "--prior", "random", "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "argument 'resolution' (66)" in err and "factor 4" in err
   finally:
     del inversion.ATTACKS["snapshot_test"]
