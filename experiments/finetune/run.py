@@ -110,7 +110,7 @@ def _run(name, obs, truth, *, log_every, **kwargs):
   snaps = getattr(r, "snapshots", None)
   if snaps is not None:
     rec["curve"] = [{"step": int(s), "seconds": float(s) * sps,
-                     "psnr": float(psnr(np.clip(im, 0, 1), truth))}
+                     "psnr": float(np.mean(psnr(np.clip(im, 0, 1), truth)))}
                     for s, im in zip(r.snapshot_steps, snaps)]
   return rec, r
 
