@@ -119,8 +119,9 @@ def register(subparsers) -> None:
   g = p.add_argument_group("diffusion-prior attacks (diffusion_dps, "
                            "diffusion_dsg)")
   g.add_argument("--prior", default=None,
-                 help="diffusion prior: a shipped name (mnist) or a prior "
-                      "folder; --steps is the number of sampling steps")
+                 help="diffusion prior: a shipped name (mnist, lfw_faces), a "
+                      "prior or diffusers folder, or random (diffusion_"
+                      "finetune); --steps is the number of sampling steps")
   g.add_argument("--zeta", type=_common.nonnegative_float, default=None,
                  help="diffusion_dps guidance step size")
   g.add_argument("--guidance-rate", type=_common.nonnegative_float, default=None,
@@ -145,6 +146,20 @@ def register(subparsers) -> None:
                  help="representative images per user (1)")
   u.add_argument("--train-epochs", type=_common.positive_int, default=15,
                  help="epochs for training the victim and the judge")
+  f = p.add_argument_group(
+      "diffusion_finetune (fine-tunes the --prior UNet, 'lfw_faces' by default "
+      "or 'random' for the ablation, for --steps Adam updates at --lr)")
+  f.add_argument("--sampling-steps", type=_common.positive_int, default=None,
+                 help="DDIM steps S of the chain from the fixed x_T (10)")
+  f.add_argument("--trainable", default=None,
+                 help="UNet weights that move: all, up (last up-block) or "
+                      "lora (low-rank adapters on conv kernels)")
+  f.add_argument("--lora-rank", type=_common.nonnegative_int, default=None, help="LoRA rank (4)")
+  f.add_argument("--distance", default=None,
+                 help="gradient distance: cosine, l2 or cosine+l2 "
+                      "(diffusion_dps/dsg: l2 or cosine)")
+  f.add_argument("--proximity", type=_common.nonnegative_float, default=None,
+                 help="weight of the L2 proximity to the starting weights")
   p.add_argument("--trials", type=_common.positive_int, default=1,
                  help="private batches to attack; mean and std are reported")
   p.add_argument("--fast-compile", action="store_true",
@@ -202,14 +217,18 @@ def _attack_kwargs(attack_fn, args) -> dict:
            "label_strategy": args.label_strategy, "prior": args.prior,
            "zeta": args.zeta, "guidance_rate": args.guidance_rate,
            "iterations": args.iterations, "window": args.window,
-           "num_representatives": args.num_representatives}
+           "num_representatives": args.num_representatives,
+           "sampling_steps": args.sampling_steps, "trainable": args.trainable,
+           "rank": args.lora_rank, "distance": args.distance,
+           "proximity": args.proximity}
   given = {k: v for k, v in given.items() if v is not None}
   given = {**getattr(args, "attack_options", {}), **given}
   accepted = inspect.signature(attack_fn).parameters
   unknown = sorted(set(given) - set(accepted))
   if unknown:
-    flags = ", ".join("--" + ("attack-init" if k == "init" else
-                              k.replace("_", "-")) for k in unknown)
+    renamed = {"init": "attack-init", "rank": "lora-rank"}
+    flags = ", ".join("--" + renamed.get(k, k.replace("_", "-"))
+                      for k in unknown)
     raise ValueError(f"attack {args.attack!r} does not accept {flags}")
   return given
 
@@ -229,6 +248,41 @@ def _stats(values: list[float]) -> tuple[float, float]:
   if arr.size == 0:
     return float("nan"), float("nan")
   return float(arr.mean()), float(arr.std())
+
+
+def _peak_rss_mb() -> float:
+  """This process's peak resident memory in MiB (Linux reports KiB)."""
+  import resource  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _finetune_figures(result, truth, workdir) -> dict:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from jaxleak import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+
+  def path(name):
+    return os.path.join(workdir, name)
+
+  target = np.asarray(truth.images)[:1]
+  steps = [int(s) for s in result.snapshot_steps]
+  prior = result.hyperparams.get("prior")
+  return {
+      "Target (private image)": metrics_lib.save_image_grid(
+          target, path("target.png"), nrow=1, cell_size=3.0),
+      f"Reconstruction (prior {prior})": metrics_lib.save_image_grid(
+          result.images[:1], path("reconstruction.png"), nrow=1,
+          cell_size=3.0),
+      f"Generated image along the fine-tuning (prior {prior}), target last":
+          metrics_lib.save_image_grid(
+              np.concatenate([result.snapshots[:, 0], target]),
+              path("finetune_strip.png"), nrow=len(steps) + 1,
+              titles=[f"{prior} prior, step {steps[0]}"]
+              + [f"step {s}" for s in steps[1:]] + ["target"],
+              cell_size=2.0),
+  }
 
 
 def run(args) -> int:
@@ -252,6 +306,9 @@ def run(args) -> int:
                      "user_level_diffusion (e.g. --users 20)")
   defaults = resolve_defaults(args)
   kwargs = _attack_kwargs(attack_fn, args)
+  if args.attack == "diffusion_finetune" and args.resolution is not None:
+    inversion.diffusion_finetuning.check_prior_resolution(
+        kwargs.get("prior", "lfw_faces"), args.resolution)
   defence, defence_kwargs = _defence(args)
   if args.users is not None:
     from jaxleak.cli import user_level  # pylint: disable=g-import-not-at-top
@@ -363,6 +420,15 @@ def run(args) -> int:
             cells, os.path.join(workdir, "x0_trajectory.png"),
             nrow=len(pick), titles=[f"step {i}" for i in pick] * min(
                 traj.shape[1], 4)))
+  # diffusion_finetune: target, reconstruction and the generated image along
+  # the fine-tuning (trial 0, first image), and the memory it took.
+  snaps = getattr(results[0], "snapshots", None)
+  if snaps is not None:
+    figures.update(_finetune_figures(results[0], truths[0], workdir))
+  summary["peak_rss_mb"] = _peak_rss_mb()
+  step_mem = getattr(results[0], "step_memory_bytes", None)
+  if step_mem is not None:
+    summary["step_memory_mb"] = step_mem / 2**20
   config = {k: v for k, v in vars(args).items() if k != "func"}
   report.write_json(os.path.join(workdir, "metrics.json"), {
       "summary": summary,

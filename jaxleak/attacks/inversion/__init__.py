@@ -68,6 +68,9 @@ from jaxleak.attacks.inversion import theory
 from jaxleak.attacks.inversion.diffusion_guided import diffusion_dps
 from jaxleak.attacks.inversion.diffusion_guided import diffusion_dsg
 from jaxleak.attacks.inversion.diffusion_guided import DiffusionInversionResult
+from jaxleak.attacks.inversion import diffusion_finetuning
+from jaxleak.attacks.inversion.diffusion_finetuning import diffusion_finetune
+from jaxleak.attacks.inversion.diffusion_finetuning import FinetuneInversionResult
 from jaxleak.attacks.inversion.labels import LABEL_STRATEGIES
 from jaxleak.attacks.inversion.labels import LabelRecovery
 from jaxleak.attacks.inversion.labels import last_layer_gradient
@@ -137,6 +140,9 @@ __all__ = (
     "cosine_distance",
     "diffusion_dps",
     "diffusion_dsg",
+    "diffusion_finetune",
+    "diffusion_finetuning",
+    "FinetuneInversionResult",
     "diffusion_guided",
     "dlg",
     "evaluate",
