@@ -117,6 +117,10 @@ class AuditConfig:
       raise ValueError(f"{fn}: argument 'dp_epsilons' is empty")
     for eps in self.dp_epsilons:
       validate.check_positive(eps, "dp_epsilons", fn=fn)
+    if self.unlearn_epochs < 2:
+      raise ValueError(f"{fn}: argument 'unlearn_epochs' must be >= 2 (the "
+                       "unlearning history keeps an epoch-end snapshot), got "
+                       f"{self.unlearn_epochs}")
     if self.lira_shadows < 2 or self.lira_shadows % 2:
       raise ValueError(f"{fn}: argument 'lira_shadows' must be an even number "
                        f">= 2 (half of them hold out each example), got "
@@ -553,7 +557,7 @@ def stage_unlearning(ctx: Context) -> dict[str, Any]:
                          l2=5e-4, seed=cfg.seed)
   history = ul.train_with_history(
       ctx.apply_fn, ctx.init_params, ctx.train, recipe,
-      snapshots=min(2, cfg.unlearn_epochs - 1),
+      snapshots=max(1, min(2, cfg.unlearn_epochs - 1)),
       workdir=ctx.dir("stages", "unlearning_history"),
       progress=ctx.progress)
   n = len(ctx.train)

@@ -26,7 +26,7 @@ TINY = ["--quick", "--rules", "clip", "--epsilons", "8", "--no-progress",
         "--set", "dsg_steps=4", "--set", "i2f_images=4",
         "--set", "mia_members=64", "--set", "lira_shadows=2",
         "--set", "shadow_epochs=1", "--set", "canaries=64",
-        "--set", "unlearn_epochs=1"]
+        "--set", "unlearn_epochs=2"]
 
 
 @pytest.fixture(scope="module")
