@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -299,7 +300,7 @@ def attack_plan(ctx: Context) -> list[dict[str, Any]]:
   cfg = ctx.config
   attacks = [("inverting_gradients", {"steps": cfg.ig_steps})]
   prior = PRIORS.get(cfg.dataset)
-  if prior is not None:
+  if prior is not None and importlib.util.find_spec("diffusers") is not None:
     attacks.append(("diffusion_dsg", {"steps": cfg.dsg_steps,
                                       "prior": prior}))
   plan = []
@@ -507,6 +508,9 @@ def stage_empirical_epsilon(ctx: Context) -> dict[str, Any]:
   """
   import jax  # pylint: disable=g-import-not-at-top
   from jaxleak import dp_training  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec("jax_privacy") is None:
+    return {"available": False,
+            "reason": "the [audit] extra (jax-privacy) is not installed"}
   from jaxleak.auditing import estimators  # pylint: disable=g-import-not-at-top
   from jaxleak.auditing import gradient_canaries as gc  # pylint: disable=g-import-not-at-top
   cfg = ctx.config

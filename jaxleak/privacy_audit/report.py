@@ -181,7 +181,8 @@ def write_audit_report(workdir: str, config: pipeline.AuditConfig,
           "example's weighted (clipped or scaled) gradient plus Gaussian "
           "noise at that run's noise multiplier. "
           "IG = Inverting Gradients (cosine distance, total variation); DSG "
-          "= the diffusion-guided attack with the shipped prior."],
+          "= the diffusion-guided attack with the shipped prior (needs the "
+          "[diffusion] extra and a shipped prior for the dataset)."],
           tables={"Mean over examples": rec.get("summary", []),
                   "Every attack": [{k: v for k, v in r.items()
                                     if k != "array"}
