@@ -41,9 +41,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxleak import diffusion  # noqa: E402
-from jaxleak import models  # noqa: E402
-from jaxleak.attacks import inversion  # noqa: E402
+from jaxleak import diffusion
+from jaxleak import models
+from jaxleak.attacks import inversion
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 

@@ -41,7 +41,8 @@ def run(mode: str, model: str, physical: int, logical: int) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
 
-  from jaxleak import dp, models  # pylint: disable=g-import-not-at-top
+  from jaxleak import dp  # pylint: disable=g-import-not-at-top
+  from jaxleak import models  # pylint: disable=g-import-not-at-top
   from jaxleak._src import host_memory  # pylint: disable=g-import-not-at-top
 
   shape = (28, 28, 1) if model == "cnn_mnist" else (32, 32, 3)

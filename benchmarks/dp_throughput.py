@@ -89,8 +89,10 @@ def run_jax(model: str, batch: int, method: str, min_time: float) -> dict:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from jaxleak import dp, models  # pylint: disable=g-import-not-at-top
+
+  from jaxleak import dp  # pylint: disable=g-import-not-at-top
   from jaxleak import dp_training  # pylint: disable=g-import-not-at-top
+  from jaxleak import models  # pylint: disable=g-import-not-at-top
 
   shape = SHAPES[model]
   apply_fn, params = models.create(model, 10, shape, jax.random.key(0))
@@ -194,9 +196,10 @@ def torch_model(model: str):
 def _torch_twins():
   """Builders of resnet18 (GroupNorm), the ViT and the text transformer."""
   import math  # pylint: disable=g-import-not-at-top
+
+  from opacus.grad_sample import register_grad_sampler  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn as nn  # pylint: disable=g-import-not-at-top
-  from opacus.grad_sample import register_grad_sampler  # pylint: disable=g-import-not-at-top
 
   def norm(c):
     return nn.GroupNorm(math.gcd(32, c), c)
@@ -348,12 +351,14 @@ def check_same_step() -> float:
   """Relative param difference, jaxleak clip vs Opacus, after one noiseless step."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
-  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
   from opacus import GradSampleModule  # pylint: disable=g-import-not-at-top
   from opacus.optimizers import DPOptimizer  # pylint: disable=g-import-not-at-top
-  from jaxleak import dp, models  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+
+  from jaxleak import dp  # pylint: disable=g-import-not-at-top
   from jaxleak import dp_training  # pylint: disable=g-import-not-at-top
+  from jaxleak import models  # pylint: disable=g-import-not-at-top
 
   def _t(a):  # a fresh array with standard strides; see the note below
     return torch.from_numpy(np.array(a, order="C", copy=True))
@@ -439,8 +444,8 @@ def main() -> None:
           "(pip install torch==2.13.0 && pip install -e '.[bench]')")
   if have_torch and not args.no_check:
     out = subprocess.run([sys.executable, "-c",
-                          "import sys; sys.path.insert(0, %r); import dp_throughput as d;"
-                          "print(*d.check_same_step())" % HERE],
+                          f"import sys; sys.path.insert(0, {HERE!r}); import dp_throughput as d;"
+                          "print(*d.check_same_step())"],
                          capture_output=True, text=True, env=env)
     if out.returncode:
       print(out.stderr[-2000:])

@@ -34,12 +34,13 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxleak import data  # noqa: E402
-from jaxleak import influence  # noqa: E402
-from jaxleak import models  # noqa: E402
-from jaxleak import report  # noqa: E402
-from jaxleak.attacks import inversion  # noqa: E402
-from jaxleak.influence import audit  # noqa: E402
+from jaxleak import data
+from jaxleak import influence
+from jaxleak import models
+from jaxleak import report
+from jaxleak.attacks import inversion
+from jaxleak.influence import audit
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 

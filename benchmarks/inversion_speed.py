@@ -38,10 +38,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxleak import models  # noqa: E402
-from jaxleak import report  # noqa: E402
-from jaxleak.attacks import inversion  # noqa: E402
-from jaxleak.attacks.inversion import attacks as attacks_lib  # noqa: E402
+from jaxleak import models
+from jaxleak import report
+from jaxleak.attacks import inversion
+from jaxleak.attacks.inversion import attacks as attacks_lib
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 TV = 0.2

@@ -32,8 +32,8 @@ import json
 import logging
 import os
 import sys
-import warnings
 from typing import Any, Self
+import warnings
 
 import jax
 import numpy as np

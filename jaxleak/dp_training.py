@@ -20,9 +20,9 @@ by a `PrivacyLedger` that is checkpointed with the model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import os
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -32,11 +32,15 @@ import optax
 
 from jaxleak import data as data_lib
 from jaxleak import models as models_lib
-from jaxleak import report, runloop
+from jaxleak import report
+from jaxleak import runloop
 from jaxleak import sharding as sharding_lib
 from jaxleak import training as training_lib
-from jaxleak._src import host_memory, validate
-from jaxleak.dp import accounting, aggregate, per_example
+from jaxleak._src import host_memory
+from jaxleak._src import validate
+from jaxleak.dp import accounting
+from jaxleak.dp import aggregate
+from jaxleak.dp import per_example
 from jaxleak.dp import weights as weights_lib
 
 __all__ = (

@@ -36,6 +36,7 @@ Guarantees:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 import contextlib
 import dataclasses
 import json
@@ -45,7 +46,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from typing import Any, Self
 
 from jaxleak import checkpoint as checkpoint_lib

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import numpy as np
 from jax.sharding import AxisType
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import numpy as np
 
 __all__ = ("DATA_AXIS", "data_mesh", "shard_batch", "replicate",
            "check_divisible", "device_varying", "to_local")

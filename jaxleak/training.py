@@ -13,10 +13,10 @@ reuses `evaluate`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import functools
 import os
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax

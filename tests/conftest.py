@@ -14,8 +14,8 @@ os.environ.setdefault("TFDS_DATA_DIR", os.path.join(os.path.dirname(__file__), "
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import jax  # noqa: E402  (after XLA_FLAGS on purpose)
-import pytest  # noqa: E402
+import jax
+import pytest
 
 
 def pytest_configure(config):

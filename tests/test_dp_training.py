@@ -5,7 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxleak import data, dp_training, models, sharding
+from jaxleak import data
+from jaxleak import dp_training
+from jaxleak import models
+from jaxleak import sharding
 from jaxleak.dp import accounting
 
 

@@ -12,7 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-from jaxleak import checkpoint, data, models, runloop, training
+from jaxleak import checkpoint
+from jaxleak import data
+from jaxleak import models
+from jaxleak import runloop
+from jaxleak import training
 from jaxleak.cli import main as cli_main
 
 

@@ -4,7 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxleak import data, models, training
+from jaxleak import data
+from jaxleak import models
+from jaxleak import training
 
 CONFIG = training.TrainConfig(epochs=3, batch_size=64, learning_rate=3e-3,
                               seed=1, checkpoint_every=7)

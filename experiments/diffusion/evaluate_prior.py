@@ -29,17 +29,17 @@ import os
 import sys
 import time
 
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
 import numpy as np
 
+from jaxleak import data
+from jaxleak import diffusion
+from jaxleak import metrics
+from jaxleak import models
+from jaxleak import report
+from jaxleak import training
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
-import jax  # noqa: E402
-from jaxleak import data  # noqa: E402
-from jaxleak import diffusion  # noqa: E402
-from jaxleak import metrics  # noqa: E402
-from jaxleak import models  # noqa: E402
-from jaxleak import report  # noqa: E402
-from jaxleak import training  # noqa: E402
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 

@@ -34,7 +34,6 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
-
 _CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False,
@@ -121,8 +120,9 @@ def calibrate(cfg, workdir, model, done):
 def rv_record(cfg, workdir, model, trial, done):
   """RV over candidate test images for this trial's victim parameters."""
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxleak.attacks import inversion  # pylint: disable=g-import-not-at-top
+
   from jaxleak import data as data_lib  # pylint: disable=g-import-not-at-top
+  from jaxleak.attacks import inversion  # pylint: disable=g-import-not-at-top
   from jaxleak.attacks.inversion import theory  # pylint: disable=g-import-not-at-top
   # Older records lack the logits RV and the posterior floor: they are
   # recomputed and the report uses the newest record per trial.
@@ -180,6 +180,7 @@ def rv_record(cfg, workdir, model, trial, done):
 
 def run_all(cfg, workdir):
   import jax  # pylint: disable=g-import-not-at-top
+
   from jaxleak.attacks import inversion  # pylint: disable=g-import-not-at-top
 
   jax.config.update("jax_compilation_cache_dir",
@@ -235,10 +236,10 @@ def _mean_std(vals):
 
 def summarise(cfg, workdir):
   # pylint: disable=g-import-not-at-top
-  from jaxleak.metrics import figures as figures_lib
   from jaxleak import metrics as metrics_lib
   from jaxleak import report
   from jaxleak.attacks.inversion import theory
+  from jaxleak.metrics import figures as figures_lib
   # pylint: enable=g-import-not-at-top
 
   records = _records(workdir)
@@ -451,6 +452,7 @@ def main(argv):
   t0 = time.time()
   if not _REPORT_ONLY.value:
     import contextlib  # pylint: disable=g-import-not-at-top
+
     from jaxleak.attacks import inversion  # pylint: disable=g-import-not-at-top
     # Few runs share each compiled program here, so quicker compilation
     # (slower steps, the same for every attack) costs less overall.

@@ -12,7 +12,6 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
-
 _CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/dp_comparison", "output folder")
 _SUMMARISE_ONLY = flags.DEFINE_bool(
@@ -67,10 +66,14 @@ def method_family(method):
 
 def run_all(cfg, workdir):
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxleak import data, models, report, sharding  # pylint: disable=g-import-not-at-top
-  from jaxleak.dp import accounting  # pylint: disable=g-import-not-at-top
-  from jaxleak import dp_training  # pylint: disable=g-import-not-at-top
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
+  from jaxleak import data  # pylint: disable=g-import-not-at-top
+  from jaxleak import dp_training  # pylint: disable=g-import-not-at-top
+  from jaxleak import models  # pylint: disable=g-import-not-at-top
+  from jaxleak import report  # pylint: disable=g-import-not-at-top
+  from jaxleak import sharding  # pylint: disable=g-import-not-at-top
+  from jaxleak.dp import accounting  # pylint: disable=g-import-not-at-top
 
   # Seeds of one (dataset, epsilon, method) compile to the same program.
   jax.config.update("jax_compilation_cache_dir",
@@ -126,7 +129,8 @@ def run_all(cfg, workdir):
 
 
 def summarise(rows, cfg, workdir):
-  from jaxleak import metrics, report  # pylint: disable=g-import-not-at-top
+  from jaxleak import metrics  # pylint: disable=g-import-not-at-top
+  from jaxleak import report  # pylint: disable=g-import-not-at-top
   # Only the configured grid counts: rows of variants dropped from a dataset's
   # grid (kept in results.jsonl) must not win a best-of comparison unevenly.
   in_grid = {(ds, m) for ds in cfg.datasets for m, _ in method_grid(cfg, ds)}
@@ -143,7 +147,7 @@ def summarise(rows, cfg, workdir):
       # Each family keeps its best variant (DP-SGD: clipping bound and
       # learning rate; the others: learning rate) for this (dataset, epsilon).
       variants = {}
-      for (d, method, e), accs in groups.items():
+      for (d, method, e), _accs in groups.items():
         if d == ds and e == eps:
           variants.setdefault(method_family(method), []).append(method)
       for family in sorted(variants):
@@ -178,7 +182,7 @@ def summarise(rows, cfg, workdir):
       continue  # no results for this dataset yet
     figures[f"Test accuracy vs epsilon ({ds})"] = metrics.save_curves(
         curves, os.path.join(workdir, f"accuracy_vs_epsilon_{ds}.png"),
-        xlabel="epsilon (delta = %g)" % cfg.delta, ylabel="test accuracy (%)",
+        xlabel=f"epsilon (delta = {cfg.delta:g})", ylabel="test accuracy (%)",
         title=f"{cfg.model} on {ds}")
   md = report.markdown_table(table, ["dataset", "epsilon", "method", "accuracy",
                                      "seeds", "variants"])

@@ -10,7 +10,8 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import app
+from absl import flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
@@ -40,10 +41,10 @@ def gradient_cells(cfg):
 
 
 def run_gradient_cell(cfg, background, rule_name, eps, protocol, broken):
+  from jaxleak import dp_training  # pylint: disable=g-import-not-at-top
   from jaxleak.auditing import estimators  # pylint: disable=g-import-not-at-top
   from jaxleak.auditing import gradient_canaries as gc  # pylint: disable=g-import-not-at-top
   from jaxleak.dp import accounting  # pylint: disable=g-import-not-at-top
-  from jaxleak import dp_training  # pylint: disable=g-import-not-at-top
   rule = dp_training.make_weight_rule(rule_name, s=cfg.psasc_s)
   sigma = accounting.calibrate_noise(eps, sample_rate=cfg.sample_rate,
                                      steps=cfg.steps, delta=cfg.delta)
@@ -168,7 +169,9 @@ def main(argv):
   os.makedirs(workdir, exist_ok=True)
   import jax  # pylint: disable=g-import-not-at-top
 
-  from jaxleak import data, models, report  # pylint: disable=g-import-not-at-top
+  from jaxleak import data  # pylint: disable=g-import-not-at-top
+  from jaxleak import models  # pylint: disable=g-import-not-at-top
+  from jaxleak import report  # pylint: disable=g-import-not-at-top
   from jaxleak.auditing import gradient_canaries as gc  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, "results.jsonl")
   rows = report.read_jsonl(path) if os.path.exists(path) else []

@@ -38,9 +38,10 @@ import os
 import sys
 import time
 
-import numpy as np
-from absl import app, flags
+from absl import app
+from absl import flags
 from ml_collections import config_flags
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
@@ -60,7 +61,8 @@ def _observation(cfg, res, target, defence=None):
   # pylint: disable=g-import-not-at-top
   import jax
 
-  from jaxleak import data, models
+  from jaxleak import data
+  from jaxleak import models
   from jaxleak.attacks import inversion
   # pylint: enable=g-import-not-at-top
   ds = data.load("sample_images", resolution=res)

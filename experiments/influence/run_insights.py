@@ -21,7 +21,6 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
-
 _CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
 
@@ -30,6 +29,7 @@ _APPLY = {}
 
 def _model(cfg, num_classes, shape, seed, init):
   import jax  # pylint: disable=g-import-not-at-top
+
   from jaxleak import models  # pylint: disable=g-import-not-at-top
   fn, params = models.create(cfg.model, num_classes, shape,
                              jax.random.key(seed), init=init)
@@ -49,6 +49,7 @@ def _append(path, record):
 
 def _attack(cfg, apply_fn, params, x, y, delta, seed):
   import jax  # pylint: disable=g-import-not-at-top
+
   from jaxleak.attacks import inversion  # pylint: disable=g-import-not-at-top
   obs = inversion.observe(apply_fn, params, x, y, key=0, defence=None)
   obs = dataclasses.replace(obs, gradient=jax.tree.map(
@@ -67,6 +68,7 @@ def _attack(cfg, apply_fn, params, x, y, delta, seed):
 def part_eigen(cfg, workdir, ds):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from jaxleak import influence  # pylint: disable=g-import-not-at-top
   from jaxleak.influence import audit  # pylint: disable=g-import-not-at-top
 
@@ -169,6 +171,7 @@ def part_eigen(cfg, workdir, ds):
 
 def part_classes(cfg, workdir, ds):
   import jax  # pylint: disable=g-import-not-at-top
+
   from jaxleak.influence import audit  # pylint: disable=g-import-not-at-top
 
   path = os.path.join(workdir, "classes.jsonl")
@@ -235,6 +238,7 @@ def part_classes(cfg, workdir, ds):
 
 def part_init(cfg, workdir, ds):
   import jax  # pylint: disable=g-import-not-at-top
+
   from jaxleak.influence import audit  # pylint: disable=g-import-not-at-top
 
   path = os.path.join(workdir, "init.jsonl")
@@ -311,6 +315,7 @@ PARTS = {"eigen": part_eigen, "classes": part_classes, "init": part_init}
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
+
   from jaxleak import data  # pylint: disable=g-import-not-at-top
   from jaxleak import report  # pylint: disable=g-import-not-at-top
 

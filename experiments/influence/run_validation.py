@@ -23,7 +23,6 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
-
 _CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
 _SUMMARY_ONLY = flags.DEFINE_bool("summary_only", False,
@@ -33,6 +32,7 @@ _SUMMARY_ONLY = flags.DEFINE_bool("summary_only", False,
 def noisy_observation(apply_fn, params, x, y, delta):
   """The victim's observation with exactly `delta` added to its gradient."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from jaxleak.attacks import inversion  # pylint: disable=g-import-not-at-top
   obs = inversion.observe(apply_fn, params, x, y, key=0, defence=None)
   noisy = jax.tree.map(lambda g, d: g + d, obs.gradient, delta)
@@ -42,6 +42,7 @@ def noisy_observation(apply_fn, params, x, y, delta):
 
 def run_all(cfg, workdir):
   import jax  # pylint: disable=g-import-not-at-top
+
   from jaxleak import data  # pylint: disable=g-import-not-at-top
   from jaxleak import influence  # pylint: disable=g-import-not-at-top
   from jaxleak import models  # pylint: disable=g-import-not-at-top
@@ -117,6 +118,7 @@ def fill_missing_predictions(cfg, workdir):
   later config with more eps values extends earlier results in place.
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   from jaxleak import data  # pylint: disable=g-import-not-at-top
   from jaxleak import influence  # pylint: disable=g-import-not-at-top
   from jaxleak import models  # pylint: disable=g-import-not-at-top
@@ -204,7 +206,7 @@ def summarise(cfg, workdir):
           [r[f"{attack}_rmse"] for r in records], var)
   audit.save_scatter(series, os.path.join(workdir, "scatter.png"),
                      title=f"I²F vs attack RMSE, {cfg.model}/{cfg.dataset}, "
-                     f"{len(set(r['index'] for r in records))} images")
+                     f"{len({r['index'] for r in records})} images")
   # Mean per noise level.
   levels = []
   for v in sorted(set(var)):
@@ -231,7 +233,7 @@ def summarise(cfg, workdir):
   head = {f"{r['attack']} Pearson / Spearman ({r['predictor']}, "
           f"{r['pairs']} pairs)": f"{r['pearson']:.3f} / {r['spearman']:.3f}"
           for r in rows if r["predictor"] in ("i2f", small)}
-  n_done = len(set(r["index"] for r in records))
+  n_done = len({r["index"] for r in records})
   reduced = (f" **Reduced run: {n_done} images x {len(set(var))} noise levels "
              f"= {len(records)} pairs** (the full study is 50 x 4; 2 shared "
              f"CPU cores), and reduced attack iterations (see below)."

@@ -23,7 +23,6 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
-
 _CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
 
@@ -32,9 +31,10 @@ METRICS = ("psnr", "ssim", "lpips", "mse", "label_acc", "wall_time_s")
 
 def run_all(cfg, workdir):
   import jax  # pylint: disable=g-import-not-at-top
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
   from jaxleak import report  # pylint: disable=g-import-not-at-top
   from jaxleak.attacks import inversion  # pylint: disable=g-import-not-at-top
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
 
   jax.config.update("jax_compilation_cache_dir",
                     os.path.join(workdir, ".jax_cache"))

@@ -266,7 +266,7 @@ def matrix_for(command: str, sub: argparse.ArgumentParser, root: str,
   has_run_flags = "--workdir" in _options(sub)
   nopro = ["--no-progress"] if "--no-progress" in _options(sub) else []
   flags = pick_flags(sub)
-  cells: dict[str, dict | None] = {c: None for c in COLUMNS}
+  cells: dict[str, dict | None] = dict.fromkeys(COLUMNS)
   w = lambda name: os.path.join(root, command, name)
   run = lambda argv, **kw: run_cli([command, *argv], timeout, **kw)
   wd = lambda name: (["--workdir", w(name)] if has_run_flags else [])

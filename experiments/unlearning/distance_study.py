@@ -41,7 +41,7 @@ import sys
 import time
 
 # The script's folder is sys.path[0] when it runs, so the sweep is importable.
-from sweep import load_config  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from sweep import load_config
 
 
 def krylov_filter_estimate(matvec, rhs, filters, num_iters):
@@ -52,6 +52,7 @@ def krylov_filter_estimate(matvec, rhs, filters, num_iters):
   v_i``, exact when the space is invariant.
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from jaxleak import influence  # pylint: disable=g-import-not-at-top
   theta, vectors = influence.lanczos(matvec, rhs, num_iters)
   theta = np.asarray(theta, np.float64)
@@ -73,12 +74,15 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
 
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jax.flatten_util import ravel_pytree  # pylint: disable=g-import-not-at-top
-  from jaxleak.metrics import figures  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from jaxleak import data, models, report  # pylint: disable=g-import-not-at-top
+
+  from jaxleak import data  # pylint: disable=g-import-not-at-top
+  from jaxleak import models  # pylint: disable=g-import-not-at-top
+  from jaxleak import report  # pylint: disable=g-import-not-at-top
   from jaxleak import unlearning as ul  # pylint: disable=g-import-not-at-top
+  from jaxleak.metrics import figures  # pylint: disable=g-import-not-at-top
   from jaxleak.unlearning import base  # pylint: disable=g-import-not-at-top
 
   cfg = load_config(args.config)

@@ -59,7 +59,11 @@ def main(argv=None) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from jaxleak import data, models, report, sharding  # pylint: disable=g-import-not-at-top
+
+  from jaxleak import data  # pylint: disable=g-import-not-at-top
+  from jaxleak import models  # pylint: disable=g-import-not-at-top
+  from jaxleak import report  # pylint: disable=g-import-not-at-top
+  from jaxleak import sharding  # pylint: disable=g-import-not-at-top
   from jaxleak import unlearning as ul  # pylint: disable=g-import-not-at-top
   from jaxleak.attacks import membership as mia  # pylint: disable=g-import-not-at-top
   from jaxleak.unlearning import evaluation  # pylint: disable=g-import-not-at-top

@@ -8,8 +8,12 @@ epsilon (jax-privacy's `CanaryScoreAuditor`, plus a corrected GDP bound);
 examples.
 """
 
-from jaxleak.auditing import estimators, gradient_canaries, input_canaries
-from jaxleak.auditing.estimators import METHODS, attack_auroc, epsilon_lower_bound
+from jaxleak.auditing import estimators
+from jaxleak.auditing import gradient_canaries
+from jaxleak.auditing import input_canaries
+from jaxleak.auditing.estimators import attack_auroc
+from jaxleak.auditing.estimators import epsilon_lower_bound
+from jaxleak.auditing.estimators import METHODS
 
 __all__ = (
     "METHODS",

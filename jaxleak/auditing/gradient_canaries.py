@@ -42,15 +42,15 @@ noise is calibrated to half the true sensitivity).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
+from jax import flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import flatten_util
 
 from jaxleak import dp
 from jaxleak._src import validate

@@ -17,7 +17,6 @@ attacks (``--attack diffusion_dsg --prior mnist``) also write
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import os
 
@@ -290,6 +289,7 @@ def run(args) -> int:
   import time  # pylint: disable=g-import-not-at-top
 
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   # pylint: disable=g-import-not-at-top
   from jaxleak import metrics as metrics_lib
   from jaxleak import report
@@ -438,7 +438,7 @@ def run(args) -> int:
                   "restart_losses": list(res.restart_losses)}
                  for row, res in zip(rows, results)],
       "hyperparams": dict(results[0].hyperparams),
-      "case": {k: v for k, v in vars(case).items()},
+      "case": dict(vars(case).items()),
       "config": config,
   })
   report.write_report(

@@ -91,6 +91,7 @@ def _command(args) -> str:
 def _parse_overrides(items) -> dict:
   """`--set field=value` pairs, typed like the AuditConfig field."""
   import dataclasses  # pylint: disable=g-import-not-at-top
+
   from jaxleak.privacy_audit import pipeline  # pylint: disable=g-import-not-at-top
   fields = {f.name: f for f in dataclasses.fields(pipeline.AuditConfig)}
   defaults = pipeline.AuditConfig()

@@ -71,7 +71,9 @@ def _train(args, workdir: str) -> int:
   # pylint: disable=g-import-not-at-top
   import jax
 
-  from jaxleak import dp_training, runloop, sharding
+  from jaxleak import dp_training
+  from jaxleak import runloop
+  from jaxleak import sharding
   # pylint: enable=g-import-not-at-top
   train_set, test_set = _common.load_splits(args)
   apply_fn, params = _common.create_model(args, train_set, jax.random.key(args.seed))

@@ -223,9 +223,9 @@ def _input_scores(args, rule, workdir):
 
   import jax  # pylint: disable=g-import-not-at-top
 
+  from jaxleak import dp_training  # pylint: disable=g-import-not-at-top
   from jaxleak import training  # pylint: disable=g-import-not-at-top
   from jaxleak.auditing import input_canaries as ic  # pylint: disable=g-import-not-at-top
-  from jaxleak import dp_training  # pylint: disable=g-import-not-at-top
   train, test = _common.load_splits(args)
   canaries = ic.make_canaries(train, args.canaries, seed=args.seed)
   train_set = ic.training_set(canaries)

@@ -75,6 +75,7 @@ def run(args) -> int:
 
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   # pylint: disable=g-import-not-at-top
   from jaxleak import data
   from jaxleak import metrics as metrics_lib

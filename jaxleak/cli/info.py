@@ -28,6 +28,7 @@ def versions() -> dict[str, str]:
 def run(args) -> int:
   del args
   import jax  # pylint: disable=g-import-not-at-top
+
   from jaxleak import data  # pylint: disable=g-import-not-at-top
   print(f"python      {platform.python_version()} ({platform.machine()})")
   for name, version in versions().items():

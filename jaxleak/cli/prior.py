@@ -119,7 +119,11 @@ def _train_prior(args, workdir: str) -> int:
   # pylint: disable=g-import-not-at-top
   import jax
   import numpy as np
-  from jaxleak import data, diffusion, metrics, report
+
+  from jaxleak import data
+  from jaxleak import diffusion
+  from jaxleak import metrics
+  from jaxleak import report
   # pylint: enable=g-import-not-at-top
 
   ds = data.load(args.dataset, args.split, args.data_dir,
@@ -148,7 +152,7 @@ def _train_prior(args, workdir: str) -> int:
   os.makedirs(sample_dir, exist_ok=True)
   grid_paths = []
 
-  def make_prior(state) -> "diffusion.Prior":
+  def make_prior(state) -> diffusion.Prior:
     ema = jax.tree.map(np.asarray, jax.device_get(state.ema_params))
     return diffusion.Prior(name=name, spec=spec, params=ema,
                            schedule=schedule,
@@ -310,9 +314,13 @@ def _parse_labels(text: str, n: int, num_classes: int):
 def run_sample(args) -> int:
   # pylint: disable=g-import-not-at-top
   import time
+
   import jax
   import numpy as np
-  from jaxleak import diffusion, metrics, report
+
+  from jaxleak import diffusion
+  from jaxleak import metrics
+  from jaxleak import report
   # pylint: enable=g-import-not-at-top
 
   prior = diffusion.load_prior(args.prior)

@@ -44,7 +44,9 @@ def run(args) -> int:
 def _train(args, workdir: str) -> int:
   import jax  # pylint: disable=g-import-not-at-top
 
-  from jaxleak import metrics, report, training  # pylint: disable=g-import-not-at-top
+  from jaxleak import metrics  # pylint: disable=g-import-not-at-top
+  from jaxleak import report  # pylint: disable=g-import-not-at-top
+  from jaxleak import training  # pylint: disable=g-import-not-at-top
 
   train_set, test_set = _common.load_splits(args)
   apply_fn, params = _common.create_model(args, train_set, jax.random.key(args.seed))

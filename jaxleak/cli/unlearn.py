@@ -155,7 +155,9 @@ def run(args) -> int:
         + f" --xla_force_host_platform_device_count={args.devices}").strip()
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from jaxleak import report, sharding  # pylint: disable=g-import-not-at-top
+
+  from jaxleak import report  # pylint: disable=g-import-not-at-top
+  from jaxleak import sharding  # pylint: disable=g-import-not-at-top
   from jaxleak import unlearning as ul  # pylint: disable=g-import-not-at-top
   from jaxleak.attacks import membership as mia  # pylint: disable=g-import-not-at-top
   from jaxleak.unlearning import evaluation  # pylint: disable=g-import-not-at-top
@@ -301,7 +303,8 @@ def _load_or_train(args, ul, apply_fn, params0, train, recipe, workdir,
   """Reuses a finished history in `workdir` when it matches, else trains."""
   import json  # pylint: disable=g-import-not-at-top
 
-  from jaxleak import checkpoint, report  # pylint: disable=g-import-not-at-top
+  from jaxleak import checkpoint  # pylint: disable=g-import-not-at-top
+  from jaxleak import report  # pylint: disable=g-import-not-at-top
   try:
     history = ul.load_history(workdir, params_like=params0)
   except FileNotFoundError:
@@ -346,6 +349,7 @@ def _shadows(args, mia, apply_fn, train, recipe, workdir, progress):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
+
   from jaxleak import checkpoint  # pylint: disable=g-import-not-at-top
   from jaxleak.unlearning import evaluation  # pylint: disable=g-import-not-at-top
 

@@ -75,6 +75,7 @@ def prepare(dataset: str, *, workdir: str, victim_model: str = "cnn_mnist",
             progress: bool = True) -> Setup:
   """Loads the data and trains (or restores) the victim and the judge."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from jaxleak import data  # pylint: disable=g-import-not-at-top
   from jaxleak import models  # pylint: disable=g-import-not-at-top
   train = data.load(dataset, "train", data_dir)
@@ -267,7 +268,7 @@ def run(args, attack_fn, kwargs: dict, defence: tuple[str, dict]) -> int:
       "attribute_accuracy": scores["attribute_accuracy"],
       "representative_similarity": scores["representative_similarity"],
       "identification_rate": scores["identification_rate"],
-      **{k: v for k, v in scores["batch_pairwise_similarity"].items()},
+      **dict(scores["batch_pairwise_similarity"].items()),
       "majority_label_accuracy": label_acc,
       "victim_accuracy": setup.victim_accuracy,
       "judge_accuracy": setup.judge_accuracy,

@@ -368,7 +368,7 @@ def _raw(name: str, resolution: int | None
   return DATASETS.get(name)(None)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _split_indices(name: str) -> tuple[np.ndarray, np.ndarray]:
   _, labels, _ = _raw(name, None)
   return _stratified_split(labels, _TEST_FRACTION, _SPLIT_SEED)

@@ -20,12 +20,13 @@ name and `available_priors()` lists them. Loading never touches the network.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import functools
 import json
 import os
 import pathlib
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -108,7 +109,7 @@ class Prior:
     return unet_lib.make_unet_apply(self.spec)
 
   def eps(self, x_t: jax.Array, t: jax.Array,
-          cond: Optional[jax.Array] = None) -> jax.Array:
+          cond: jax.Array | None = None) -> jax.Array:
     """Predicted noise with this prior's params (see `apply_fn`)."""
     return self.apply_fn(self.params, x_t, t, cond)
 
@@ -353,7 +354,7 @@ def _abstract_params(spec: UNetSpec) -> Any:
 
 
 def generate(prior: Prior, key: jax.Array, num_samples: int, *,
-             labels: Optional[Sequence[int] | jax.Array] = None,
+             labels: Sequence[int] | jax.Array | None = None,
              num_steps: int = 50, eta: float = 0.0,
              guidance_scale: float = 1.0, batch_size: int = 64,
              params: Any = None) -> np.ndarray:

@@ -18,8 +18,9 @@ linear in the number of steps.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import functools
-from typing import Any, Callable, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,9 +47,9 @@ StepFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def make_eps_fn(apply_fn: Callable[..., jax.Array], params: Any,
-                cond: Optional[jax.Array] = None, *,
+                cond: jax.Array | None = None, *,
                 guidance_scale: float = 1.0,
-                null_cond: Optional[jax.Array] = None) -> EpsFn:
+                null_cond: jax.Array | None = None) -> EpsFn:
   """Binds a UNet apply function to params, labels and guidance.
 
   Classifier-free guidance (Ho & Salimans 2022) mixes the conditional and
@@ -114,7 +115,7 @@ def ddpm_step_fn(schedule: NoiseSchedule, eps_fn: EpsFn, *,
 
 
 def sample_loop(step_fn: StepFn, x_T: jax.Array, timesteps: jax.Array,
-                key: Optional[jax.Array] = None, *,
+                key: jax.Array | None = None, *,
                 return_trajectory: bool = False,
                 checkpoint: bool = False) -> jax.Array | tuple[jax.Array,
                                                                jax.Array]:
@@ -156,10 +157,10 @@ def sample_loop(step_fn: StepFn, x_T: jax.Array, timesteps: jax.Array,
     "return_trajectory"))
 def ddim_sample(apply_fn: Callable[..., jax.Array], params: Any,
                 schedule: NoiseSchedule, x_T: jax.Array,
-                cond: Optional[jax.Array] = None, *, num_steps: int = 50,
-                eta: float = 0.0, key: Optional[jax.Array] = None,
+                cond: jax.Array | None = None, *, num_steps: int = 50,
+                eta: float = 0.0, key: jax.Array | None = None,
                 guidance_scale: float = 1.0,
-                null_cond: Optional[jax.Array] = None, clip_x0: bool = True,
+                null_cond: jax.Array | None = None, clip_x0: bool = True,
                 return_trajectory: bool = False):
   """DDIM sampling in `num_steps` steps (deterministic when eta = 0).
 
@@ -191,9 +192,9 @@ def ddim_sample(apply_fn: Callable[..., jax.Array], params: Any,
                                              "clip_x0"))
 def ddpm_sample(apply_fn: Callable[..., jax.Array], params: Any,
                 schedule: NoiseSchedule, x_T: jax.Array,
-                cond: Optional[jax.Array] = None, *, key: jax.Array,
+                cond: jax.Array | None = None, *, key: jax.Array,
                 guidance_scale: float = 1.0,
-                null_cond: Optional[jax.Array] = None,
+                null_cond: jax.Array | None = None,
                 clip_x0: bool = True) -> jax.Array:
   """Ancestral DDPM sampling over all T steps (T UNet calls)."""
   ts = jnp.arange(schedule.num_timesteps - 1, -1, -1, dtype=jnp.int32)

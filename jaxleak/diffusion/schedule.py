@@ -20,7 +20,7 @@ timesteps broadcast over the trailing image axes), and runs under `jit`,
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -240,7 +240,7 @@ def ddpm_posterior(schedule: NoiseSchedule, x_t: jax.Array, t: jax.Array,
 
 
 def ddpm_step(schedule: NoiseSchedule, x_t: jax.Array, t: jax.Array,
-              eps: jax.Array, noise: Optional[jax.Array] = None,
+              eps: jax.Array, noise: jax.Array | None = None,
               clip_x0: bool = True) -> StepOutput:
   """One ancestral DDPM step x_t -> x_{t-1}.
 
@@ -265,7 +265,7 @@ def ddpm_step(schedule: NoiseSchedule, x_t: jax.Array, t: jax.Array,
 
 def ddim_step(schedule: NoiseSchedule, x_t: jax.Array, t: jax.Array,
               t_prev: jax.Array, eps: jax.Array, eta: float = 0.0,
-              noise: Optional[jax.Array] = None, clip_x0: bool = False
+              noise: jax.Array | None = None, clip_x0: bool = False
               ) -> StepOutput:
   """One DDIM step x_t -> x_{t_prev} (Song et al. 2021, eq. 12).
 

@@ -13,11 +13,12 @@ draw is a pure function of (seed, step).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import functools
 import hashlib
 import os
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -84,14 +85,14 @@ class TrainResult:
   history: list[dict[str, float]]
   wall_time_s: float
   total_wall_time_s: float
-  resumed_from: Optional[int]
+  resumed_from: int | None
 
 
 def diffusion_loss(apply_fn: Callable[..., jax.Array], params: Any,
                    schedule: NoiseSchedule, x0: jax.Array,
-                   cond: Optional[jax.Array], key: jax.Array, *,
+                   cond: jax.Array | None, key: jax.Array, *,
                    cond_drop_prob: float = 0.0,
-                   null_class: Optional[int] = None) -> jax.Array:
+                   null_class: int | None = None) -> jax.Array:
   """Epsilon-prediction loss of DDPM (Ho et al. 2020, "L_simple").
 
   Draws t ~ U{0..T-1} and eps ~ N(0, I) per example and returns
@@ -127,7 +128,7 @@ def diffusion_loss(apply_fn: Callable[..., jax.Array], params: Any,
   return jnp.mean((pred - eps) ** 2)
 
 
-def _batch_sharding(x: jax.Array) -> Optional[P]:
+def _batch_sharding(x: jax.Array) -> P | None:
   """P(<batch axes>) of an explicitly sharded `x`, else None."""
   try:
     spec = jax.typeof(x).sharding.spec
@@ -138,7 +139,7 @@ def _batch_sharding(x: jax.Array) -> Optional[P]:
   return P(spec[0])
 
 
-def _spec_like(x: jax.Array, batch: Optional[P]) -> Optional[P]:
+def _spec_like(x: jax.Array, batch: P | None) -> P | None:
   if batch is None:
     return None
   return P(batch[0], *([None] * (x.ndim - 1)))
@@ -200,9 +201,9 @@ def ema_update(ema_params: Any, params: Any, decay: jax.Array) -> Any:
 def make_train_step(apply_fn: Callable[..., jax.Array], schedule: NoiseSchedule,
                     optimizer: optax.GradientTransformation, *,
                     ema_decay: float = 0.999, cond_drop_prob: float = 0.0,
-                    null_class: Optional[int] = None, hflip: bool = False,
-                    mesh: Optional[jax.sharding.Mesh] = None
-                    ) -> Callable[[TrainState, jax.Array, Optional[jax.Array]],
+                    null_class: int | None = None, hflip: bool = False,
+                    mesh: jax.sharding.Mesh | None = None
+                    ) -> Callable[[TrainState, jax.Array, jax.Array | None],
                                   tuple[TrainState, jax.Array]]:
   """Builds a jitted `(state, images, labels) -> (state, loss)` step.
 
@@ -230,7 +231,7 @@ def make_train_step(apply_fn: Callable[..., jax.Array], schedule: NoiseSchedule,
     raise ValueError(
         f"{fn}: argument 'null_class' is required when cond_drop_prob > 0")
 
-  def step(state: TrainState, images: jax.Array, labels: Optional[jax.Array],
+  def step(state: TrainState, images: jax.Array, labels: jax.Array | None,
            schedule: NoiseSchedule):
     key, k_loss, k_flip = jax.random.split(state.key, 3)
     if hflip:
@@ -257,22 +258,22 @@ def make_train_step(apply_fn: Callable[..., jax.Array], schedule: NoiseSchedule,
   return lambda state, images, labels: jitted(state, images, labels, schedule)
 
 
-def _lr_at(optimizer_lr: Optional[Callable[[int], float]], step: int) -> float:
+def _lr_at(optimizer_lr: Callable[[int], float] | None, step: int) -> float:
   return float(optimizer_lr(step)) if optimizer_lr is not None else float("nan")
 
 
 def train_prior(apply_fn: Callable[..., jax.Array], params: Any,
                 schedule: NoiseSchedule, images: np.ndarray,
-                labels: Optional[np.ndarray], *, steps: int, batch_size: int,
+                labels: np.ndarray | None, *, steps: int, batch_size: int,
                 learning_rate: float = 1e-3, warmup_steps: int = 100,
                 ema_decay: float = 0.999, cond_drop_prob: float = 0.0,
-                null_class: Optional[int] = None, hflip: bool = False,
-                seed: int = 0, workdir: Optional[str] = None,
+                null_class: int | None = None, hflip: bool = False,
+                seed: int = 0, workdir: str | None = None,
                 checkpoint_every: int = 500, log_every: int = 10,
-                callback: Optional[Callable[[int, TrainState], None]] = None,
+                callback: Callable[[int, TrainState], None] | None = None,
                 callback_every: int = 0, progress: bool = True,
-                devices: Optional[list[Any]] = None,
-                stop_after: Optional[int] = None,
+                devices: list[Any] | None = None,
+                stop_after: int | None = None,
                 run_info: dict[str, Any] | None = None) -> TrainResult:
   """Trains (or resumes training) a diffusion UNet.
 

@@ -30,12 +30,12 @@ stays behind this one file.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 import contextlib
 import dataclasses
 import functools
 import os
-from typing import Any, Callable, Optional
+from typing import Any
 
 import diffusers.utils.logging
 import jax
@@ -98,7 +98,7 @@ with quiet_diffusers():
   from diffusers import FlaxDDPMScheduler
   from diffusers import FlaxUNet2DConditionModel
 
-UNetApply = Callable[[Any, jax.Array, jax.Array, Optional[jax.Array]],
+UNetApply = Callable[[Any, jax.Array, jax.Array, jax.Array | None],
                      jax.Array]
 """`eps = apply_fn(params, x_t, t, cond)`; NHWC in, NHWC out."""
 
@@ -134,12 +134,12 @@ class UNetSpec:
   resolution: int = 32
   channels: int = 1
   block_out_channels: tuple[int, ...] = (32, 64, 64)
-  attention: Optional[tuple[bool, ...]] = None
+  attention: tuple[bool, ...] | None = None
   layers_per_block: int = 1
   num_classes: int = 0
   cross_attention_dim: int = 64
   attention_heads: int = 4
-  mid_attention: Optional[bool] = None
+  mid_attention: bool | None = None
   self_attention: bool = False
 
   def __post_init__(self):
@@ -234,7 +234,7 @@ class UNetSpec:
     return d
 
   @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> "UNetSpec":
+  def from_dict(cls, d: dict[str, Any]) -> UNetSpec:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
@@ -310,7 +310,7 @@ def make_unet_apply(spec: UNetSpec, fast_conv: bool = True) -> UNetApply:
   module = build_unet(spec)
 
   def apply_fn(params: Any, x_t: jax.Array, t: jax.Array,
-               cond: Optional[jax.Array] = None) -> jax.Array:
+               cond: jax.Array | None = None) -> jax.Array:
     x_t = jnp.asarray(x_t)
     batch = x_t.shape[0]
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))

@@ -41,8 +41,9 @@ differentiated, so ``delta`` has the shape of the shared gradient
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

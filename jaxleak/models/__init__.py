@@ -21,8 +21,8 @@ from jaxleak.models.losses import soft_cross_entropy
 from jaxleak.models.registry import available
 from jaxleak.models.registry import create
 from jaxleak.models.registry import ModelFn
-from jaxleak.models.registry import ModelSpec
 from jaxleak.models.registry import MODELS
+from jaxleak.models.registry import ModelSpec
 
 __all__ = (
     "ACTIVATIONS",

@@ -186,8 +186,9 @@ def _dp_name(rule: str, eps: float) -> str:
 
 def stage_models(ctx: Context) -> dict[str, Any]:
   """Trains (or restores) the non-private model and every DP model."""
-  from jaxleak import sharding, training  # pylint: disable=g-import-not-at-top
   from jaxleak import dp_training  # pylint: disable=g-import-not-at-top
+  from jaxleak import sharding  # pylint: disable=g-import-not-at-top
+  from jaxleak import training  # pylint: disable=g-import-not-at-top
 
   cfg = ctx.config
   rows = []
@@ -244,6 +245,7 @@ def load_trained_checkpoint(path: str, params_like: Any
     ValueError: the checkpoint holds another architecture.
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   from jaxleak import checkpoint  # pylint: disable=g-import-not-at-top
   ckdir = os.path.join(path, "checkpoints")
   if not os.path.isdir(ckdir):
@@ -388,6 +390,7 @@ def stage_i2f(ctx: Context) -> dict[str, Any]:
   the first training step.
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   from jaxleak.influence import audit  # pylint: disable=g-import-not-at-top
   cfg = ctx.config
   idx = audit.stratified_indices(ctx.train.labels, cfg.i2f_images, cfg.seed)
@@ -431,7 +434,9 @@ def _shadows(ctx: Context, pool_x, pool_y):
   """Offline-LiRA shadow models on random halves of the pool (checkpointed)."""
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from jaxleak import checkpoint, models  # pylint: disable=g-import-not-at-top
+
+  from jaxleak import checkpoint  # pylint: disable=g-import-not-at-top
+  from jaxleak import models  # pylint: disable=g-import-not-at-top
   from jaxleak.attacks import membership as mia  # pylint: disable=g-import-not-at-top
   cfg = ctx.config
   s = cfg.lira_shadows
@@ -507,6 +512,7 @@ def stage_empirical_epsilon(ctx: Context) -> dict[str, Any]:
   model; the bound holds with 95% confidence.
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   from jaxleak import dp_training  # pylint: disable=g-import-not-at-top
   if importlib.util.find_spec("jax_privacy") is None:
     return {"available": False,
@@ -614,7 +620,9 @@ def run_audit(config: AuditConfig, workdir: str | os.PathLike, *,
     on_stage: called with (stage name, seconds) after each stage.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxleak import data, models  # pylint: disable=g-import-not-at-top
+
+  from jaxleak import data  # pylint: disable=g-import-not-at-top
+  from jaxleak import models  # pylint: disable=g-import-not-at-top
 
   config.validate()
   for name in rerun:

@@ -129,7 +129,7 @@ def write_audit_report(workdir: str, config: pipeline.AuditConfig,
                        command: str, stage_seconds: Mapping[str, float]
                        ) -> dict[str, str]:
   """Writes figures, report.html, report.md and metrics.json; returns paths."""
-  fig = lambda name: os.path.join(workdir, name)  # noqa: E731
+  fig = lambda name: os.path.join(workdir, name)
   paths = {"privacy_utility": _privacy_utility(results,
                                                fig("privacy_utility.png"))}
   for key, p in (("reconstruction", _reconstruction_grid(
@@ -145,7 +145,7 @@ def write_audit_report(workdir: str, config: pipeline.AuditConfig,
     if p is not None:
       paths[key] = p
 
-  rerun = lambda stage: f"{command} --rerun {stage}"  # noqa: E731
+  rerun = lambda stage: f"{command} --rerun {stage}"
   summary = summary_rows(results)
   models = results["models"]["models"]
   rec = results.get("reconstruction", {})

@@ -22,8 +22,8 @@ import functools
 from typing import Any
 
 import jax
-from jax.sharding import PartitionSpec as P
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from jaxleak import sharding as sharding_lib

@@ -89,7 +89,7 @@ class Unravel:
       start += size
     return jax.tree.unflatten(self.treedef, out)
 
-  def __eq__(self, other: Any) -> bool:
+  def __eq__(self, other: object) -> bool:
     return isinstance(other, Unravel) and self._key == other._key
 
   def __hash__(self) -> int:

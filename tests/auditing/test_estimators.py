@@ -3,10 +3,10 @@
 import importlib.metadata
 
 import dp_accounting
+from jax_privacy import auditing as jp_auditing
 import numpy as np
 import pytest
 import scipy.stats
-from jax_privacy import auditing as jp_auditing
 
 from jaxleak.auditing import estimators
 

@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxleak import data, dp, models
+from jaxleak import data
+from jaxleak import dp
+from jaxleak import models
 from jaxleak.auditing import estimators
 from jaxleak.auditing import gradient_canaries as gc
 from jaxleak.dp import accounting

@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxleak import diffusion, dp
+from jaxleak import diffusion
+from jaxleak import dp
 from jaxleak.cli import _common
 from jaxleak.cli import main as cli_main
 

@@ -51,5 +51,5 @@ def test_sample_prior_writes_grid_and_uses_recommended_settings(tmp_path):
           metrics["guidance_scale"]) == (3, 1.0, 8.0)
   images = np.load(tmp_path / "samples.npz")["images"]
   assert images.shape == (4, 32, 32, 1)
-  assert 0.0 <= images.min() and images.max() <= 1.0
+  assert images.min() >= 0.0 and images.max() <= 1.0
   assert (tmp_path / "samples.png").stat().st_size > 1000

@@ -32,7 +32,7 @@ def _nearest_centroid_accuracy(train, test):
 def test_available():
   assert data.available() == ("digits", "mnist_subset", "sample_images",
                               "lfw_faces")
-  assert data.EMBEDDED == data.available()
+  assert data.available() == data.EMBEDDED
 
 
 def test_digits():
@@ -168,7 +168,7 @@ def test_sample_images_test_split_raises():
 def test_each_sample_image_loads_offline(name):
   image = loaders._sample_image(name, 8)
   assert image.shape == (8, 8, 3) and image.dtype == np.float32
-  assert 0.0 <= image.min() and image.max() <= 1.0
+  assert image.min() >= 0.0 and image.max() <= 1.0
 
 
 def test_sample_image_that_needs_download_fails_clearly(monkeypatch):

@@ -67,7 +67,7 @@ def test_mock_mnist(no_network):
   assert ds.images.min() >= 0.0 and ds.images.max() <= 1.0
   assert ds.images.max() > 0.5  # scaled by 1/255 once, not twice
   assert ds.labels.dtype == np.int32
-  assert 0 <= ds.labels.min() and ds.labels.max() < 10
+  assert ds.labels.min() >= 0 and ds.labels.max() < 10
   assert ds.class_names == tuple(str(i) for i in range(10))
   assert ds.name == "mnist"
 

@@ -45,7 +45,7 @@ class Tiny(NamedTuple):
   schedule: diffusion.NoiseSchedule
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tiny() -> Tiny:
   params = diffusion.init_unet(TINY_SPEC, jax.random.key(0))
   return Tiny(TINY_SPEC, params, diffusion.make_unet_apply(TINY_SPEC),

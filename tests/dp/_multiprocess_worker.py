@@ -17,7 +17,8 @@ import jax
 import numpy as np
 import optax
 
-from jaxleak import dp, models
+from jaxleak import dp
+from jaxleak import models
 
 SIGMA, CLIP, B = 4.0, 0.5, 16
 

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxleak import dp, models
+from jaxleak import dp
+from jaxleak import models
 from jaxleak.dp import layerwise
 
 

@@ -1,13 +1,14 @@
 """Mixed per-example path (book-keeping + per-example offsets) equals vmap."""
 
+from flax import nnx
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
-from jaxleak import dp, models
+from jaxleak import dp
+from jaxleak import models
 from jaxleak.dp import layerwise
 
 TINY = {"dim": 16, "depth": 1, "heads": 2, "mlp_dim": 16}

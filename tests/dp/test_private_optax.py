@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxleak import dp, models
+from jaxleak import dp
+from jaxleak import models
 
 
 def _setup(b=12, seed=0):

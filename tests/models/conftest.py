@@ -26,7 +26,7 @@ def fast_jit(fun, **kwargs):
   return jax.jit(fun, compiler_options=FAST_COMPILE, **kwargs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _create(name, num_classes, input_shape, kwargs_items):
   return models.create(name, num_classes, input_shape, jax.random.key(0),
                        **dict(kwargs_items))

@@ -178,6 +178,7 @@ def test_loss_errors_name_the_argument():
 
 def test_slice_max_pool_equals_flax_max_pool_values_and_gradients():
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
   from jaxleak.models.architectures import max_pool  # pylint: disable=g-import-not-at-top
   x = jax.random.normal(jax.random.key(3), (2, 13, 11, 4))  # no exact ties
   for window, strides in [((2, 2), (1, 1)), ((2, 2), (2, 2)), ((3, 3), (2, 2))]:

@@ -43,7 +43,7 @@ def audit_run(tmp_path_factory):
 
 
 def test_report_has_every_section_and_embedded_figures(audit_run):
-  workdir, metrics, page, _ = audit_run
+  workdir, _metrics, page, _ = audit_run
   headings = re.findall(r"<h2>(.*?)</h2>", page)
   assert [h.replace("&#x27;", "'") for h in headings] == [
       t.replace("²", "²") for t in report.SECTION_TITLES]

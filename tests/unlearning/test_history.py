@@ -1,5 +1,7 @@
 """Training with history: contents, replay, budget, orbax round trip, resume."""
 
+import itertools
+
 import jax
 from jax.flatten_util import ravel_pytree
 import numpy as np
@@ -97,7 +99,7 @@ def test_recipe_schedules():
   assert ul.sgd_recipe(3, 8, 0.1, schedule="constant").learning_rates == (
       0.1,) * 3
   cos = ul.sgd_recipe(4, 8, 1.0, schedule="cosine").learning_rates
-  assert cos[0] == 1.0 and all(a > b for a, b in zip(cos, cos[1:]))
+  assert cos[0] == 1.0 and all(a > b for a, b in itertools.pairwise(cos))
   with pytest.raises(ValueError, match="'schedule'"):
     ul.sgd_recipe(4, 8, 0.1, schedule="linear")
   with pytest.raises(ValueError, match="'batch_size'"):

@@ -29,7 +29,11 @@ with the gradient distance; `theory.reconstruction_vulnerability` is the RV
 measure ``max_x ||d/dx d/dθ L||_F``.
 """
 
+from jaxleak.attacks.inversion import diffusion_finetuning
+from jaxleak.attacks.inversion import diffusion_guided
 from jaxleak.attacks.inversion import optimize
+from jaxleak.attacks.inversion import theory
+from jaxleak.attacks.inversion import user_level
 from jaxleak.attacks.inversion._compile import compiler_options
 from jaxleak.attacks.inversion._compile import FAST_COMPILE
 from jaxleak.attacks.inversion.attacks import AttackConfig
@@ -43,8 +47,8 @@ from jaxleak.attacks.inversion.attacks import INITS
 from jaxleak.attacks.inversion.attacks import inverting_gradients
 from jaxleak.attacks.inversion.attacks import make_problem
 from jaxleak.attacks.inversion.attacks import MatchingProblem
-from jaxleak.attacks.inversion.attacks import NAMED_ATTACKS
 from jaxleak.attacks.inversion.attacks import named_attack
+from jaxleak.attacks.inversion.attacks import NAMED_ATTACKS
 from jaxleak.attacks.inversion.attacks import step_decay_boundaries
 from jaxleak.attacks.inversion.cases import Case
 from jaxleak.attacks.inversion.cases import CASES
@@ -63,14 +67,11 @@ from jaxleak.attacks.inversion.defences import NoDefence
 from jaxleak.attacks.inversion.defences import Quantize
 from jaxleak.attacks.inversion.defences import register_defence
 from jaxleak.attacks.inversion.defences import TopK
-from jaxleak.attacks.inversion import diffusion_guided
-from jaxleak.attacks.inversion import theory
+from jaxleak.attacks.inversion.diffusion_finetuning import diffusion_finetune
+from jaxleak.attacks.inversion.diffusion_finetuning import FinetuneInversionResult
 from jaxleak.attacks.inversion.diffusion_guided import diffusion_dps
 from jaxleak.attacks.inversion.diffusion_guided import diffusion_dsg
 from jaxleak.attacks.inversion.diffusion_guided import DiffusionInversionResult
-from jaxleak.attacks.inversion import diffusion_finetuning
-from jaxleak.attacks.inversion.diffusion_finetuning import diffusion_finetune
-from jaxleak.attacks.inversion.diffusion_finetuning import FinetuneInversionResult
 from jaxleak.attacks.inversion.labels import LABEL_STRATEGIES
 from jaxleak.attacks.inversion.labels import LabelRecovery
 from jaxleak.attacks.inversion.labels import last_layer_gradient
@@ -97,12 +98,11 @@ from jaxleak.attacks.inversion.results import evaluate
 from jaxleak.attacks.inversion.results import GroundTruth
 from jaxleak.attacks.inversion.results import InversionResult
 from jaxleak.attacks.inversion.results import METRIC_NAMES
+from jaxleak.attacks.inversion.theory import reconstruction_vulnerability
 from jaxleak.attacks.inversion.threat_model import GradientObservation
 from jaxleak.attacks.inversion.threat_model import observe
-from jaxleak.attacks.inversion import user_level
 from jaxleak.attacks.inversion.user_level import user_level_diffusion
 from jaxleak.attacks.inversion.user_level import UserLevelResult
-from jaxleak.attacks.inversion.theory import reconstruction_vulnerability
 
 __all__ = (
     "ATTACKS",

@@ -257,7 +257,7 @@ class MatchingProblem(optimize.Problem):
       return lr
     if self.schedule == "step":
       return optax.piecewise_constant_schedule(
-          lr, {b: 0.1 for b in step_decay_boundaries(self.steps)})
+          lr, dict.fromkeys(step_decay_boundaries(self.steps), 0.1))
     return warmup_cosine_schedule(lr, self.warmup, self.steps)
 
   def optimizer(self, consts):

@@ -74,7 +74,7 @@ class Case:
   unique_labels: bool = False
   data_dir: str | None = None
 
-  def replace(self, **changes: Any) -> "Case":
+  def replace(self, **changes: Any) -> Case:
     """A copy with fields changed (dicts are accepted for the *_kwargs)."""
     for k in ("model_kwargs", "defence_kwargs"):
       if isinstance(changes.get(k), Mapping):

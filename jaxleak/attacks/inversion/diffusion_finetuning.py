@@ -59,10 +59,10 @@ so changing them does not recompile.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import flax.traverse_util

@@ -68,9 +68,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxleak._src import matmul_conv as matmul_conv_lib
 from jaxleak._src import validate
 from jaxleak.attacks.inversion import _compile
-from jaxleak._src import matmul_conv as matmul_conv_lib
 from jaxleak.attacks.inversion import labels as labels_lib
 from jaxleak.attacks.inversion import objectives
 from jaxleak.attacks.inversion import registry

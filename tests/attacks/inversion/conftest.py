@@ -23,7 +23,7 @@ def fast_compile():
     yield
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _create(name, num_classes, shape, kwargs_items, seed):
   return models.create(name, num_classes, shape, jax.random.key(seed),
                        **dict(kwargs_items))

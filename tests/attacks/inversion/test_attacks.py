@@ -35,7 +35,7 @@ def test_dlg_recovers_image_and_label(digit):
   assert res.hyperparams["optimizer"] == "lbfgs"
   assert res.loss_history.shape == (150,)
   assert res.loss_history[-1] < 1e-3 * res.loss_history[0]
-  assert 0.0 <= res.images.min() and res.images.max() <= 1.0
+  assert res.images.min() >= 0.0 and res.images.max() <= 1.0
 
 
 def test_idlg_recovers_image_with_label_first(idlg_clean, digit):

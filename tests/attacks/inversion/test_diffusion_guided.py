@@ -21,7 +21,7 @@ from jaxleak.attacks.inversion import diffusion_guided as dg
 STEPS = 4
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _prior():
   spec = diffusion.UNetSpec(resolution=16, channels=1,
                             block_out_channels=(32,))
