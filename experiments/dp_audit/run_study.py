@@ -7,15 +7,11 @@ See configs/study.py.
 
 import json
 import os
-import sys
 import time
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/dp_audit", "output folder")

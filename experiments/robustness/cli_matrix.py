@@ -37,7 +37,6 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
-sys.path.insert(0, ROOT)
 
 # Tiny, fast configurations: a complete run takes seconds to a minute on CPU.
 # "long" is the same command made long enough to be interrupted mid-run.

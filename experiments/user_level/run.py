@@ -1,4 +1,4 @@
-"""User-level gradient inversion study (issue 18): attack vs baselines, DP.
+"""User-level gradient inversion study: attack vs baselines, DP.
 
 Thin launcher over `jaxleak.attacks.inversion.user_level_diffusion`,
 `inverting_gradients` and `user_metrics`, with the set-up of
@@ -32,16 +32,12 @@ step at each batch size (compiled programs reused), and IG runs
 import csv
 import dataclasses
 import os
-import sys
 import time
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder")

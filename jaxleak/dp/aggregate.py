@@ -12,7 +12,7 @@ Two entry points, matching the two contracts users of the peer libraries know:
     ``optax.contrib.differentially_private_aggregate``. The second contract
     costs a materialised ``vmap`` gradient (``B x params`` memory and the
     per-example kernel gradients XLA:CPU computes slowly): 0.79x Opacus on
-    cnn_mnist at B=256 against 2.35x for the first (issue 22's figures).
+    cnn_mnist at B=256 against 2.35x for the first.
     Either way it must come first in a chain.
   * `gaussian_privatizer(sensitivity, noise_multiplier, key)` takes an
     **already weighted sum** (no batch axis), like jax_privacy's privatiser,

@@ -1,4 +1,4 @@
-"""Issue 19 acceptance: diffusion_finetune vs Inverting Gradients, 64/128 px.
+"""Acceptance study: diffusion_finetune vs Inverting Gradients, 64/128 px.
 
 scikit-image sample images astronaut, coffee and chelsea, centre-cropped and
 resized to 64 and 128 px RGB, one per victim, labels known; the victim is the

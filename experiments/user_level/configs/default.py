@@ -1,4 +1,4 @@
-"""Issue 18 acceptance: user-level inversion on mnist_subset (cnn_mnist victim).
+"""Acceptance study: user-level inversion on mnist_subset (cnn_mnist victim).
 
 Users are disjoint batches of the mnist_subset train split's user pool (5/8
 of each class); the victim cnn_mnist is trained on the test split and the

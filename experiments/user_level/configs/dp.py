@@ -1,4 +1,4 @@
-"""Issue 18 DP table: attribute accuracy against the DP-SGD noise multiplier.
+"""DP table: attribute accuracy against the DP-SGD noise multiplier.
 
 The set-up of `default.py` (same victim, judge and user pool); each user's
 update is DP-SGD's: per-sample clipping to C = 1 and Gaussian noise of std
@@ -10,12 +10,21 @@ sensitivity from `jaxleak.dp`). B = 30 label users, labels hidden.
       --workdir experiments/user_level/results/dp
 """
 
+import importlib.util
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+def _load_default():
+  # The sibling config file, loaded by path (config files are not a package).
+  spec = importlib.util.spec_from_file_location(
+      "user_level_default_config",
+      os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+default = _load_default()
 
 
 def get_config():
