@@ -78,8 +78,13 @@ def _rep_path(workdir, setting, method, user):
 
 
 def _single_image_observation(obs):
-  """The batch gradient as if it came from one image (label recovered)."""
-  return dataclasses.replace(obs, batch_size=1, labels=None, bn_stats=None)
+  """The batch gradient as if it came from one image, labelled with the
+  majority label the attack recovers (iDLG's one-image rule does not hold
+  for an averaged gradient)."""
+  from jaxleak.attacks.inversion import user_level  # pylint: disable=g-import-not-at-top
+  y = user_level.majority_label(obs)[0]
+  return dataclasses.replace(obs, batch_size=1, labels=np.asarray([y]),
+                             bn_stats=None)
 
 
 def _run_method(method, obs, prior, cfg, key, steps_ig):
