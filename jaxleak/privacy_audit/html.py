@@ -61,8 +61,10 @@ class Section:
 
 def format_value(v: Any) -> str:
   if isinstance(v, float):
-    if not math.isfinite(v):
+    if math.isnan(v):
       return "n/a"
+    if math.isinf(v):  # the non-private model's epsilon; metrics.json says "inf"
+      return "inf" if v > 0 else "-inf"
     if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
       return f"{v:.3g}"
     return f"{v:.4g}"
