@@ -21,6 +21,8 @@ import os
 import shlex
 import time
 
+from jaxleak.cli import _common
+
 _STAGE_NAMES = ("models", "reconstruction", "i2f", "membership",
                 "empirical_epsilon", "unlearning")
 
@@ -37,7 +39,7 @@ def _floats(text: str) -> tuple[float, ...]:
 def register(subparsers) -> None:
   p = subparsers.add_parser(
       "audit", help="end-to-end privacy audit of a model (the main job)",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+      formatter_class=_common.DefaultsHelpFormatter,
       description="Measures how much a model and its training leak, and how "
                   "much DP buys: trains it non-privately and with DP (or "
                   "audits --checkpoint), runs gradient inversion, I²F, "
@@ -61,11 +63,11 @@ def register(subparsers) -> None:
   p.add_argument("--rerun", default="",
                  help="stages to recompute, comma-separated: "
                       + ", ".join(_STAGE_NAMES))
-  p.add_argument("--set", dest="overrides", action="append", default=[],
+  p.add_argument("--set", dest="overrides", action="append", default=None,
                  metavar="FIELD=VALUE",
                  help="override one AuditConfig field (repeatable), e.g. "
                       "--set ig_steps=2000 --set lira_shadows=32")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seed", type=int, default=0, help="seed of every stage")
   p.add_argument("--workdir", default=os.path.join("runs", "audit"),
                  help="output folder")
   p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -83,7 +85,7 @@ def _command(args) -> str:
       parts += [f"--{flag.replace('_', '-')}", str(v)]
   if args.epsilons:
     parts += ["--epsilons", ",".join(f"{e:g}" for e in args.epsilons)]
-  for item in args.overrides:
+  for item in args.overrides or []:
     parts += ["--set", item]
   return shlex.join(parts)
 
@@ -135,7 +137,7 @@ def _config(args):
   overrides = dict(dataset=args.dataset, model=args.model,
                    data_dir=args.data_dir, seed=args.seed, dp_rules=rules,
                    checkpoint=args.checkpoint)
-  overrides.update(_parse_overrides(args.overrides))
+  overrides.update(_parse_overrides(args.overrides or []))
   if args.epsilons is not None:
     bad = [e for e in args.epsilons if not 0 < e < float("inf")]
     if bad or not args.epsilons:
