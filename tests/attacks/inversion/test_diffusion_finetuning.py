@@ -6,7 +6,6 @@ pretrained prior and a one-hidden-layer MLP for the victim; chains have 3
 DDIM steps. Compilation dominates, so tests share shapes and problems.
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -20,22 +19,6 @@ from jaxleak.attacks.inversion import diffusion_finetuning as dft
 STEPS = 3
 
 
-@functools.cache
-def _prior(channels=1, levels=1):
-  spec = diffusion.UNetSpec(resolution=16, channels=channels,
-                            block_out_channels=(32,) * levels)
-  shapes = jax.eval_shape(lambda k: diffusion.init_unet(spec, k),
-                          jax.random.key(0))
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(
-      lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype),
-      shapes)
-  return diffusion.Prior("tiny", spec, params, diffusion.linear_schedule(1000))
-
-
-@pytest.fixture(scope="module")
-def prior():
-  return _prior()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ chain, the sliding-window objective and its gradient equal those of the full
 deterministic DDIM chain written independently with `diffusion.ddim_step`.
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -21,22 +20,6 @@ from jaxleak.attacks.inversion import user_level as ul
 STEPS = 4
 
 
-@functools.cache
-def _prior():
-  spec = diffusion.UNetSpec(resolution=16, channels=1,
-                            block_out_channels=(32,))
-  shapes = jax.eval_shape(lambda k: diffusion.init_unet(spec, k),
-                          jax.random.key(0))
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(
-      lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype),
-      shapes)
-  return diffusion.Prior("tiny", spec, params, diffusion.linear_schedule(1000))
-
-
-@pytest.fixture(scope="module")
-def prior():
-  return _prior()
 
 
 @pytest.fixture(scope="module")
