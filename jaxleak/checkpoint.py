@@ -278,7 +278,13 @@ class Checkpointer:
     Raises:
       CorruptCheckpointError: the metadata is unreadable or not jaxleak's.
     """
-    step = int(step)
+    meta = self._read_meta(int(step))
+    meta.pop(_KEYS_FIELD, None)
+    meta.pop(_CHECKSUM_FIELD, None)
+    return meta
+
+  def _read_meta(self, step: int) -> dict[str, Any]:
+    """Step's raw metadata (with jaxleak's key and checksum fields)."""
     path = self.step_path(step)
     try:
       with _quiet_orbax():
@@ -293,10 +299,7 @@ class Checkpointer:
       raise CorruptCheckpointError(
           f"checkpoint step {step} at {path} has no jaxleak metadata "
           "(was it written by another tool, or truncated?)")
-    meta = dict(meta)
-    meta.pop(_KEYS_FIELD, None)
-    meta.pop(_CHECKSUM_FIELD, None)
-    return meta
+    return dict(meta)
 
   def restore(self, target: Any = None, step: int | None = None
               ) -> tuple[Any, dict[str, Any]]:
@@ -328,19 +331,7 @@ class Checkpointer:
           f"Checkpointer.restore: argument 'step'={step} has no checkpoint in "
           f"{self.directory}; available steps: {steps}")
     path = self.step_path(step)
-    try:
-      with _quiet_orbax():
-        meta = self._manager.restore(
-            step, args=_ocp().args.Composite(meta=_ocp().args.JsonRestore())
-        ).meta
-    except Exception as e:
-      raise CorruptCheckpointError(
-          f"checkpoint step {step} at {path} has unreadable metadata: "
-          f"{_one_line(e)}") from e
-    if not isinstance(meta, dict) or _CHECKSUM_FIELD not in meta:
-      raise CorruptCheckpointError(
-          f"checkpoint step {step} at {path} has no jaxleak metadata "
-          "(was it written by another tool, or truncated?)")
+    meta = self._read_meta(step)
     impls = meta.pop(_KEYS_FIELD, {})
     checksum = meta.pop(_CHECKSUM_FIELD)
     args = _ocp().args
