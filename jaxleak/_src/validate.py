@@ -25,17 +25,24 @@ def _where(fn_name: str | None) -> str:
   return f"{fn_name}: " if fn_name else ""
 
 
-def check_positive(value: Any, name: str, *, fn: str | None = None,
-                   allow_zero: bool = False) -> None:
-  """Raises ValueError unless `value` is a finite number > 0 (or >= 0)."""
+def _as_float(value: Any, name: str, fn: str | None) -> float | None:
+  """`value` as a float; None for a traced value (checked when concrete)."""
   if not _is_concrete(value):
-    return
+    return None
   try:
-    v = float(value)
+    return float(value)
   except (TypeError, ValueError):
     raise TypeError(
         f"{_where(fn)}argument '{name}' must be a number, got {value!r}"
     ) from None
+
+
+def check_positive(value: Any, name: str, *, fn: str | None = None,
+                   allow_zero: bool = False) -> None:
+  """Raises ValueError unless `value` is a finite number > 0 (or >= 0)."""
+  v = _as_float(value, name, fn)
+  if v is None:
+    return
   ok = v >= 0 if allow_zero else v > 0
   if not math.isfinite(v) or not ok:
     bound = ">= 0" if allow_zero else "> 0"
@@ -170,14 +177,9 @@ def check_finite_number(value: Any, name: str, *, fn: str | None = None
   For hyper-parameters with no natural bound (e.g. a guidance weight), where
   NaN or Inf would otherwise flow silently into every output.
   """
-  if not _is_concrete(value):
+  v = _as_float(value, name, fn)
+  if v is None:
     return
-  try:
-    v = float(value)
-  except (TypeError, ValueError):
-    raise TypeError(
-        f"{_where(fn)}argument '{name}' must be a number, got {value!r}"
-    ) from None
   if not math.isfinite(v):
     raise ValueError(
         f"{_where(fn)}argument '{name}' must be finite, got {value!r}")
