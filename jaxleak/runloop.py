@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 import contextlib
+import contextvars
 import dataclasses
 import json
 import os
@@ -58,6 +59,7 @@ __all__ = (
     "Preempted",
     "RunLoop",
     "canonical_json",
+    "describe_workdir",
     "prepare_workdir",
     "workdir_guard",
 )
@@ -161,6 +163,30 @@ def prepare_workdir(workdir: str | os.PathLike, *, flag: str = "--workdir"
   return created
 
 
+# (flag, folder as given, absolute folder) of the innermost `workdir_guard`:
+# how the command line names the folder a run loop works in.
+_GUARDED: contextvars.ContextVar[tuple[str, str, str] | None] = (
+    contextvars.ContextVar("jaxleak_guarded_workdir", default=None))
+
+
+def describe_workdir(path: str | os.PathLike) -> str:
+  """How messages name the run folder `path`.
+
+  Inside `workdir_guard` (a CLI command), by the flag the user typed:
+  ``--workdir 'runs/x'`` (plus the sub-folder when `path` lies below it);
+  otherwise by the library argument: ``argument 'workdir'='runs/x'``.
+  """
+  guarded = _GUARDED.get()
+  if guarded is not None:
+    flag, given, absolute = guarded
+    rel = os.path.relpath(os.path.abspath(os.fspath(path)), absolute)
+    if rel == ".":
+      return f"{flag} {given!r}"
+    if not rel.startswith(os.pardir):
+      return f"{flag} {given!r} (its {rel}/ folder)"
+  return f"argument 'workdir'={os.fspath(path)!r}"
+
+
 def _holds_files(path: str) -> bool:
   return any(files for _, _, files in os.walk(path))
 
@@ -174,15 +200,21 @@ def workdir_guard(workdir: str | os.PathLike, *, flag: str = "--workdir"
   not leave an empty folder behind that the next run would trip over. The
   folder is removed only if this guard created it and no file was written in
   it.
+
+  Inside the guard, messages about the folder (a different run, see
+  `describe_workdir`) name it by `flag`.
   """
   created = prepare_workdir(workdir, flag=flag)
   path = os.fspath(workdir)
+  token = _GUARDED.set((flag, path, os.path.abspath(path)))
   try:
     yield path
   except BaseException:
     if created and os.path.isdir(path) and not _holds_files(path):
       shutil.rmtree(path, ignore_errors=True)
     raise
+  finally:
+    _GUARDED.reset(token)
 
 
 # -- the loop ------------------------------------------------------------------
@@ -214,8 +246,9 @@ class RunLoop:
     progress: show a tqdm progress bar.
     unit: progress-bar unit ("step", "epoch").
     max_to_keep: checkpoints kept on disk (>= 2).
-    where: how messages name the run's folder (default: "argument
-      'workdir'=<parent of checkpoint_dir>").
+    where: how messages name the run's folder (default:
+      `describe_workdir` of the parent of checkpoint_dir: the CLI flag inside
+      `workdir_guard`, else "argument 'workdir'=<folder>").
   """
 
   def __init__(self, name: str, total_steps: int, *,
@@ -313,8 +346,7 @@ class RunLoop:
     diff = (_differences(stored, self.identity) if stored is not None
             else ["no jaxleak run identity stored"])
     shown = ", ".join(diff[:6]) + (", ..." if len(diff) > 6 else "")
-    where = self.where or (
-        f"argument 'workdir'={os.path.dirname(self.directory)!r}")
+    where = self.where or describe_workdir(os.path.dirname(self.directory))
     raise DifferentRunError(
         f"{self.name}: {where} holds a different run (differs in: {shown}); "
         "use a new workdir, or delete this one to start over")

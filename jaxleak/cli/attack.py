@@ -165,7 +165,8 @@ def register(subparsers) -> None:
                  help="compile with XLA optimisations off (quicker start, "
                       "slower steps: for short runs)")
   _common.add_run_args(p, workdir="runs/attack-<attack>-<model>-<dataset>")
-  p.set_defaults(func=run)
+  # Only --users trains (checkpointed) models; see main._interrupted_message.
+  p.set_defaults(func=run, resumable=False)
 
 
 def _defence(args) -> tuple[str, dict]:
@@ -285,16 +286,7 @@ def _finetune_figures(result, truth, workdir) -> dict:
 
 
 def run(args) -> int:
-  import contextlib  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
-
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  # pylint: disable=g-import-not-at-top
-  from jaxleak import metrics as metrics_lib
-  from jaxleak import report
-  from jaxleak.attacks import inversion
-  # pylint: enable=g-import-not-at-top
+  from jaxleak.attacks import inversion  # pylint: disable=g-import-not-at-top
 
   if args.attack not in inversion.available_attacks():
     raise ValueError(f"argument --attack: unknown attack {args.attack!r}; "
@@ -310,9 +302,34 @@ def run(args) -> int:
     inversion.diffusion_finetuning.check_prior_resolution(
         kwargs.get("prior", "lfw_faces"), args.resolution)
   defence, defence_kwargs = _defence(args)
-  if args.users is not None:
-    from jaxleak.cli import user_level  # pylint: disable=g-import-not-at-top
-    return user_level.run(args, attack_fn, kwargs, (defence, defence_kwargs))
+  workdir = _common.default_workdir(f"attack-{args.attack}", args)
+  from jaxleak import runloop  # pylint: disable=g-import-not-at-top
+  # Unusable folders fail here, in one line, before any data loads; a run
+  # that fails leaves no empty folder behind.
+  with runloop.workdir_guard(workdir):
+    if args.users is not None:
+      args.resumable = True  # the victim and judge training is checkpointed
+      from jaxleak.cli import user_level  # pylint: disable=g-import-not-at-top
+      return user_level.run(args, attack_fn, kwargs, (defence, defence_kwargs))
+    return _attack(args, attack_fn, kwargs, defaults,
+                   (defence, defence_kwargs), workdir)
+
+
+def _attack(args, attack_fn, kwargs: dict, defaults: dict,
+            defence_and_kwargs: tuple[str, dict], workdir: str) -> int:
+  """`run` once the arguments and the workdir are checked."""
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  # pylint: disable=g-import-not-at-top
+  from jaxleak import metrics as metrics_lib
+  from jaxleak import report
+  from jaxleak.attacks import inversion
+  # pylint: enable=g-import-not-at-top
+
+  defence, defence_kwargs = defence_and_kwargs
   model_kwargs = {"norm": args.norm} if args.norm else {}
   case = inversion.Case(
       model=args.model, dataset=args.dataset, batch_size=args.batch_size,
@@ -327,8 +344,6 @@ def run(args) -> int:
   _common.check_classes(
       data.load(args.dataset, case.split, args.data_dir,
                 resolution=args.resolution), args.dataset)
-  workdir = _common.default_workdir(f"attack-{args.attack}", args)
-  os.makedirs(workdir, exist_ok=True)
 
   steps = _default(attack_fn, "steps", kwargs, 1)
   restarts = _default(attack_fn, "restarts", kwargs, 1)

@@ -285,13 +285,22 @@ def run(args) -> int:
   if args.dataset is None:
     args.dataset = "digits" if args.mode == "gradient" else "mnist_subset"
   rule = _rule(args)
-  from jaxleak import report  # pylint: disable=g-import-not-at-top
-  from jaxleak.auditing import estimators  # pylint: disable=g-import-not-at-top
   tag = "nonprivate" if args.non_private else f"{args.rule}-eps{args.epsilon:g}"
   if args.broken != "none":
     tag += f"-{args.broken}"
-  workdir = args.workdir or os.path.join("runs", f"dp-audit-{args.mode}-{tag}")
-  os.makedirs(workdir, exist_ok=True)
+  args.resumable = args.mode == "input"  # only input canaries train
+  workdir = args.workdir = (
+      args.workdir or os.path.join("runs", f"dp-audit-{args.mode}-{tag}"))
+  from jaxleak import runloop  # pylint: disable=g-import-not-at-top
+  # Unusable folders fail here, in one line, before any data loads.
+  with runloop.workdir_guard(workdir):
+    return _audit(args, rule, tag, workdir)
+
+
+def _audit(args, rule, tag: str, workdir: str) -> int:
+  """`run` once the arguments and the workdir are checked."""
+  from jaxleak import report  # pylint: disable=g-import-not-at-top
+  from jaxleak.auditing import estimators  # pylint: disable=g-import-not-at-top
   if args.mode == "gradient":
     ins, outs, eps_theory, info = _gradient_scores(args, rule, workdir)
     valid = ("one_run",) if args.protocol == "one_run" else ("clopper_pearson", "gdp")

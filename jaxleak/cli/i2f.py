@@ -64,10 +64,20 @@ def register(subparsers) -> None:
   p.add_argument("--show", type=_common.positive_int, default=8,
                  help="images per row of the ranked grid")
   _common.add_run_args(p, workdir="runs/i2f-<model>-<dataset>")
-  p.set_defaults(func=run)
+  p.set_defaults(func=run, resumable=False)  # keeps no checkpoints
 
 
 def run(args) -> int:
+  _common.check_model_name(args)
+  workdir = _common.default_workdir("i2f", args)
+  from jaxleak import runloop  # pylint: disable=g-import-not-at-top
+  # Unusable folders fail here, in one line, before any data loads.
+  with runloop.workdir_guard(workdir):
+    return _i2f(args, workdir)
+
+
+def _i2f(args, workdir: str) -> int:
+  """`run` once the arguments and the workdir are checked."""
   import contextlib  # pylint: disable=g-import-not-at-top
   import dataclasses  # pylint: disable=g-import-not-at-top
   import math  # pylint: disable=g-import-not-at-top
@@ -85,14 +95,11 @@ def run(args) -> int:
   from jaxleak.influence import audit
   # pylint: enable=g-import-not-at-top
 
-  _common.check_model_name(args)
   ds = data.load(args.dataset, args.split, args.data_dir,
                  resolution=args.resolution)
   indices = audit.stratified_indices(ds.labels, args.n, args.seed)
   apply_fn, params = models.create(args.model, ds.num_classes, ds.image_shape,
                                    jax.random.key(args.seed), init=args.init)
-  workdir = _common.default_workdir("i2f", args)
-  os.makedirs(workdir, exist_ok=True)
   std = math.sqrt(args.noise_var)
   d_x = int(np.prod(ds.image_shape))
   print(f"I²F audit of {args.n} {args.dataset}/{args.split} images, "

@@ -12,7 +12,7 @@ _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex",
 
 def register(subparsers) -> None:
   p = subparsers.add_parser("info", help="print versions and devices")
-  p.set_defaults(func=run)
+  p.set_defaults(func=run, resumable=False)
 
 
 def versions() -> dict[str, str]:

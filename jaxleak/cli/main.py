@@ -70,6 +70,15 @@ def _subparser(parser: argparse.ArgumentParser, command: str):
   raise KeyError(command)
 
 
+def _interrupted_message(args: argparse.Namespace) -> str:
+  """What a SIGINT outside a checkpointed run loop means for this command."""
+  if getattr(args, "resumable", True):
+    return (f"jaxleak {args.command}: interrupted; rerun the same command to "
+            "resume from the last checkpoint")
+  return (f"jaxleak {args.command}: interrupted; nothing was saved (this "
+          "command keeps no checkpoints): rerun it to start over")
+
+
 def main(argv: list[str] | None = None) -> int:
   configure_process()
   from jaxleak.cli import _common  # pylint: disable=g-import-not-at-top
@@ -87,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     return int(args.func(args) or 0)
   except KeyboardInterrupt as e:
     # jaxleak.runloop.Interrupted says which step it saved.
-    print(str(e) or "interrupted; rerun the same command to resume from the "
-          "last checkpoint", file=sys.stderr)
+    print(str(e) or _interrupted_message(args), file=sys.stderr)
     return 130
   except (ValueError, FileNotFoundError, TypeError) as e:
     # Bad input: print the library's message (it names the argument), no trace.

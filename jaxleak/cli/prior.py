@@ -270,7 +270,7 @@ def _register_sample(subparsers) -> None:
                  help="output folder (default runs/sample-NAME, NAME being "
                       "the prior's recorded name: runs/sample-mnist_subset "
                       "for --prior mnist)")
-  p.set_defaults(func=run_sample)
+  p.set_defaults(func=run_sample, resumable=False)  # keeps no checkpoints
 
 
 # Used where neither the command line nor the prior's record says otherwise.
@@ -313,6 +313,21 @@ def _parse_labels(text: str, n: int, num_classes: int):
 
 def run_sample(args) -> int:
   # pylint: disable=g-import-not-at-top
+  from jaxleak import diffusion
+  from jaxleak import runloop
+  # pylint: enable=g-import-not-at-top
+  if args.workdir:  # an unusable folder fails before the prior loads
+    with runloop.workdir_guard(args.workdir):
+      return _sample(args, diffusion.load_prior(args.prior), args.workdir)
+  prior = diffusion.load_prior(args.prior)  # the default folder is named by it
+  workdir = args.workdir = os.path.join("runs", f"sample-{prior.name}")
+  with runloop.workdir_guard(workdir):
+    return _sample(args, prior, workdir)
+
+
+def _sample(args, prior, workdir: str) -> int:
+  """`run_sample` once the prior is loaded and the workdir checked."""
+  # pylint: disable=g-import-not-at-top
   import time
 
   import jax
@@ -323,10 +338,6 @@ def run_sample(args) -> int:
   from jaxleak import report
   # pylint: enable=g-import-not-at-top
 
-  prior = diffusion.load_prior(args.prior)
-  workdir = args.workdir or os.path.join(
-      "runs", f"sample-{prior.name}")
-  os.makedirs(workdir, exist_ok=True)
   settings = sampling_settings(args, prior.info)
   args.steps, args.eta, args.guidance_scale = (
       settings["steps"], settings["eta"], settings["guidance_scale"])

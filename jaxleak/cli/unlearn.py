@@ -153,14 +153,7 @@ def run(args) -> int:
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "")
         + f" --xla_force_host_platform_device_count={args.devices}").strip()
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  from jaxleak import report  # pylint: disable=g-import-not-at-top
-  from jaxleak import sharding  # pylint: disable=g-import-not-at-top
   from jaxleak import unlearning as ul  # pylint: disable=g-import-not-at-top
-  from jaxleak.attacks import membership as mia  # pylint: disable=g-import-not-at-top
-  from jaxleak.unlearning import evaluation  # pylint: disable=g-import-not-at-top
 
   methods = [m.strip() for m in args.method.split(",") if m.strip()]
   for m in methods:
@@ -178,7 +171,22 @@ def run(args) -> int:
                      f"IN for half of the shadows), got {args.lira_shadows}")
   workdir = _common.default_workdir("unlearn", args)
   from jaxleak import runloop  # pylint: disable=g-import-not-at-top
-  runloop.prepare_workdir(workdir)  # one-line error before data loads
+  # One-line error before data loads; no empty folder left if it fails.
+  with runloop.workdir_guard(workdir):
+    return _unlearn(args, methods, workdir)
+
+
+def _unlearn(args, methods: list[str], workdir: str) -> int:
+  """`run` once the arguments and the workdir are checked."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from jaxleak import report  # pylint: disable=g-import-not-at-top
+  from jaxleak import sharding  # pylint: disable=g-import-not-at-top
+  from jaxleak import unlearning as ul  # pylint: disable=g-import-not-at-top
+  from jaxleak.attacks import membership as mia  # pylint: disable=g-import-not-at-top
+  from jaxleak.unlearning import evaluation  # pylint: disable=g-import-not-at-top
+
   progress = not args.no_progress
   train, test = _common.load_splits(args)
   apply_fn, params0 = create_model(args, train, jax.random.key(args.seed))
@@ -321,8 +329,9 @@ def _load_or_train(args, ul, apply_fn, params0, train, recipe, workdir,
             and stored == report.to_jsonable(model_record(args)))
     if not same:
       raise ValueError(
-          f"unlearn: argument '--workdir'={workdir!r} holds the history of a "
-          "different model, data or recipe; use a new --workdir")
+          f"unlearn: --workdir {workdir!r} holds the history of a "
+          "different model, data or recipe; use a new --workdir, or delete "
+          "this one to start over")
     print(f"reusing the trained model and history in {workdir}")
     return history
   budget = int(args.max_history_mb * 2**20)

@@ -208,7 +208,7 @@ def run(args, attack_fn, kwargs: dict, defence: tuple[str, dict]) -> int:
                      .replace("argument 'users'", "--users")
                      .replace("argument 'share'", "--share")) from None
   workdir = _common.default_workdir(f"attack-{args.attack}", args)
-  os.makedirs(workdir, exist_ok=True)
+  os.makedirs(workdir, exist_ok=True)  # checked by `attack`'s workdir guard
   t0 = time.perf_counter()
   print(f"{args.attack}: {args.users} {args.user_mode} users of "
         f"{args.batch_size} images from {args.dataset}, victim {args.model}; "

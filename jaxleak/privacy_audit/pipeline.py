@@ -679,7 +679,10 @@ def _read_stage(path: str, ident: str) -> dict[str, Any] | None:
   except (OSError, json.JSONDecodeError):
     return None  # a stage killed mid-write is simply rerun
   if blob.get("identity") != ident:
+    from jaxleak import runloop  # pylint: disable=g-import-not-at-top
+    where = runloop.describe_workdir(os.path.dirname(os.path.dirname(path)))
     raise ValueError(
-        f"audit: argument '--workdir' holds an audit with another "
-        f"configuration ({path}); use a new --workdir or the same flags")
+        f"audit: {where} holds a different run (an audit with another "
+        f"configuration, {path}); use a new workdir or the same flags, or "
+        "delete this one to start over")
   return blob["result"]

@@ -233,7 +233,7 @@ def train_with_history(apply_fn: ApplyFn, params: Params, data: Any,
       identity=identity, checkpoint_every=1, stop_after=stop_after_epochs,
       progress=progress, unit="epoch",
       where=(None if workdir is None
-             else f"argument 'workdir'={os.fspath(workdir)!r}"))
+             else runloop.describe_workdir(workdir)))
   steps_ckpt = None
   if root is not None:
     steps_ckpt = checkpoint_lib.Checkpointer(
