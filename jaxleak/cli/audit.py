@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import time
 
@@ -67,7 +68,8 @@ def register(subparsers) -> None:
                  metavar="FIELD=VALUE",
                  help="override one AuditConfig field (repeatable), e.g. "
                       "--set ig_steps=2000 --set lira_shadows=32")
-  p.add_argument("--seed", type=int, default=0, help="seed of every stage")
+  p.add_argument("--seed", type=_common.nonnegative_int, default=0,
+                 help="seed of every stage")
   p.add_argument("--workdir", default=os.path.join("runs", "audit"),
                  help="output folder")
   p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -141,11 +143,30 @@ def _config(args):
   if args.epsilons is not None:
     bad = [e for e in args.epsilons if not 0 < e < float("inf")]
     if bad or not args.epsilons:
-      raise ValueError("audit: argument '--epsilons' must be positive finite "
+      raise ValueError("argument --epsilons: must be positive finite "
                        f"numbers, got {args.epsilons}")
     overrides["dp_epsilons"] = args.epsilons
   preset = pipeline.AuditConfig.quick if args.quick else pipeline.AuditConfig.full
   return preset(**overrides)
+
+
+# AuditConfig fields that have their own flag; every other one is --set FIELD.
+_FIELD_FLAGS = {"dataset": "--dataset", "model": "--model", "seed": "--seed",
+                "dp_epsilons": "--epsilons", "dp_rules": "--rules",
+                "checkpoint": "--checkpoint"}
+
+
+def _validate(config) -> None:
+  """`config.validate()`, its errors naming the CLI flag, not the field."""
+  try:
+    config.validate()
+  except ValueError as e:
+    match = re.match(r"AuditConfig: argument '(\w+)'", str(e))
+    if match is None:
+      raise
+    name = match.group(1)
+    flag = _FIELD_FLAGS.get(name, f"--set {name}")
+    raise ValueError(f"argument {flag}:" + str(e)[match.end():]) from None
 
 
 def run(args) -> int:
@@ -155,8 +176,9 @@ def run(args) -> int:
     if s not in _STAGE_NAMES:
       raise ValueError(f"audit: argument '--rerun' {s!r} is not one of "
                        f"{', '.join(_STAGE_NAMES)}")
+  _common.check_model_name(args)
   config = _config(args)
-  config.validate()
+  _validate(config)
   # Checked before any data loads; removed again if the run fails empty.
   with runloop.workdir_guard(args.workdir):
     return _audit(args, config, rerun)

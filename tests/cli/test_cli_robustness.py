@@ -43,6 +43,10 @@ BAD_INPUTS = [
     (["i2f", "--noise-var", "nan"], "--noise-var"),
     (["i2f", "--eps", "inf"], "--eps"),
     (["i2f", "--n", "2"], "--n"),
+    (["audit", "--set", "ig_steps=0"], "--set ig_steps"),
+    (["audit", "--set", "dp_clip=inf"], "--set dp_clip"),
+    (["audit", "--epsilons", "nan"], "--epsilons"),
+    (["audit", "--seed", "-3"], "--seed"),
 ]
 
 
@@ -71,6 +75,7 @@ def test_attack_batch_size_zero_is_not_a_numpy_reduction_error(capsys):
     (["attack", "--attack", "no_such_attack"], "--attack"),
     (["i2f", "--init", "no_such_init"], "--init"),
     (["unlearn", "--model", "no_such_net"], "--model"),
+    (["audit", "--model", "no_such_net"], "--model"),
 ])
 def test_unknown_name_names_the_flag_and_lists_choices(tmp_path, capsys, argv,
                                                        flag):
