@@ -17,8 +17,10 @@ sizes, against:
 and writes `cli_matrix.md` (one row per command, each cell the exit code and
 the first line of the message) and `cli_matrix.json` (full stdout/stderr
 tails) into --workdir. A cell is flagged **TRACEBACK** when the output holds
-a Python traceback, and **SILENT** when a bad input exits 0. Commands with
-no numeric flag, checkpoints or resumable state get "n/a" in those columns.
+a Python traceback, and **SILENT** when a bad input exits 0. Where an input
+class does not apply (no name or numeric flag, no --workdir, no checkpoints)
+the cell says "n/a" and why. Commands that keep no checkpoints (attack, i2f,
+sample-prior) are still interrupted, but not rerun (a rerun starts over).
 Commands this script has no tiny configuration for run with their defaults
 plus --help-derived bad values; their long-running columns are skipped.
 """
@@ -40,7 +42,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
 
 # Tiny, fast configurations: a complete run takes seconds to a minute on CPU.
 # "long" is the same command made long enough to be interrupted mid-run.
+# "flags" overrides the flags picked from --help for the bad-number columns
+# (a flag the base configuration ignores would exit 0 for the wrong
+# reason); "resumable": False marks a command that keeps no checkpoints, so
+# a rerun after SIGINT starts over (not run).
+AUDIT_TINY = ["--set", "epochs=1", "--set", "dp_epochs=1", "--set",
+              "ig_steps=20", "--set", "dsg_steps=4", "--set", "i2f_images=4",
+              "--set", "mia_members=100", "--set", "lira_shadows=2", "--set",
+              "shadow_epochs=1", "--set", "canaries=50", "--set",
+              "unlearn_epochs=2", "--set", "attack_examples=1"]
 TINY = {
+    "audit": {
+        "base": ["--quick", "--epsilons", "8", "--rules", "clip",
+                 *AUDIT_TINY],
+        "flags": {"int": "--seed", "float": "--epsilons"},
+        "other": ["--model", "lenet"],
+        "long": ["--set", "epochs=200"],
+    },
+    "dp-audit": {
+        "base": ["--mode", "input", "--model", "mlp", "--dataset", "digits",
+                 "--epochs", "1", "--batch-size", "64", "--canaries", "20"],
+        "flags": {"int": "--canaries", "float": "--epsilon"},
+        "other": ["--model", "lenet"],
+        "long": ["--epochs", "100"],
+    },
     "info": {"base": []},
     "train": {
         "base": ["--model", "mlp", "--dataset", "digits", "--epochs", "2",
@@ -65,6 +90,7 @@ TINY = {
         "long": ["--steps", "5000"],
     },
     "sample-prior": {
+        "resumable": False,
         "base": ["--prior", "mnist", "--n", "2", "--steps", "2"],
         "other": ["--prior", "lfw_faces"],
         "long": ["--n", "64", "--steps", "500"],
@@ -76,12 +102,14 @@ TINY = {
         "long": ["--epochs", "500", "--no-step-cache"],
     },
     "attack": {
+        "resumable": False,
         "base": ["--attack", "idlg", "--model", "mlp", "--dataset", "digits",
                  "--steps", "3"],
         "other": ["--model", "lenet"],
         "long": ["--steps", "20000"],
     },
     "i2f": {
+        "resumable": False,
         "base": ["--model", "mlp", "--dataset", "digits", "--n", "3",
                  "--attack", "none", "--probes", "0"],
         "other": ["--model", "lenet"],
@@ -224,9 +252,11 @@ def _truncate(step_dir: str) -> int:
   return n
 
 
-def summarise(res: dict | None, column: str) -> dict:
+def summarise(res: dict | str | None, column: str) -> dict:
   if res is None:
     return {"cell": "n/a", "flag": None}
+  if isinstance(res, str):  # why the input class does not apply
+    return {"cell": f"n/a ({res})", "flag": None}
   err, out = res["stderr"], res["stdout"]
   text = err if err.strip() else out
   lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines()
@@ -236,6 +266,10 @@ def summarise(res: dict | None, column: str) -> dict:
     errs = [ln.strip() for ln in err.replace("\r", "\n").splitlines()
             if "error" in ln.lower() and not _is_noise(ln)]
     first = errs[0] if errs else first
+  if column == "SIGINT" and res["interrupted"]:  # what it said on stopping
+    said = [ln.strip() for ln in err.splitlines()
+            if "interrupted" in ln.lower() and not _is_noise(ln)]
+    first = said[0] if said else first
   if column == "rerun after SIGINT":  # what matters: did it pick up?
     resumed = [ln.strip() for ln in (out + "\n" + err).splitlines()
                if "resum" in ln.lower() and not _is_noise(ln)]
@@ -264,24 +298,31 @@ def matrix_for(command: str, sub: argparse.ArgumentParser, root: str,
   base = list(conf["base"])
   has_run_flags = "--workdir" in _options(sub)
   nopro = ["--no-progress"] if "--no-progress" in _options(sub) else []
-  flags = pick_flags(sub)
-  cells: dict[str, dict | None] = dict.fromkeys(COLUMNS)
+  flags = {**pick_flags(sub), **conf.get("flags", {})}
+  cells: dict[str, dict | str | None] = dict.fromkeys(COLUMNS)
   w = lambda name: os.path.join(root, command, name)
   run = lambda argv, **kw: run_cli([command, *argv], timeout, **kw)
   wd = lambda name: (["--workdir", w(name)] if has_run_flags else [])
 
   cells["ok run"] = run(base + nopro + wd("ok"))
+  cells["unknown name"] = "takes no name"
   if flags["name"]:
     cells["unknown name"] = run(
         _with(base, [flags["name"], "no_such_name"]) + nopro + wd("name"))
   for column, flag, value in (("zero", "int", "0"), ("negative", "int", "-3"),
                               ("NaN", "float", "nan"),
                               ("Inf", "float", "inf")):
+    cells[column] = f"takes no {flag} flag"
     if flags[flag]:
       cells[column] = run(
           _with(base, [flags[flag], value]) + nopro + wd(column))
   if not has_run_flags:
+    for column in COLUMNS[6:]:
+      cells[column] = ("writes no files, takes no --workdir"
+                       if "SIGINT" not in column else
+                       "writes nothing; ends at once")
     return {c: {**summarise(r, c), "raw": _tail(r)} for c, r in cells.items()}
+  resumable = conf.get("resumable", True)
 
   if os.geteuid() == 0:  # root ignores permission bits: use a read-only fs
     read_only = "/sys/jaxleak_cli_matrix_read_only"
@@ -300,6 +341,9 @@ def matrix_for(command: str, sub: argparse.ArgumentParser, root: str,
 
   ok_dir = w("ok")
   steps = _step_dirs(ok_dir) if cells["ok run"]["rc"] == 0 else []
+  for column in ("newest ckpt truncated", "all ckpts truncated"):
+    cells[column] = ("keeps no checkpoints" if not resumable else
+                     "the ok run failed or wrote no checkpoint")
   if steps:
     for column, victims in (("newest ckpt truncated", "newest"),
                             ("all ckpts truncated", "all")):
@@ -325,7 +369,10 @@ def matrix_for(command: str, sub: argparse.ArgumentParser, root: str,
 
     first = run(long_args + ["--workdir", sig_dir], sigint_when=ready)
     cells["SIGINT"] = first
-    if first["interrupted"]:
+    cells["rerun after SIGINT"] = (
+        "keeps no checkpoints: a rerun starts over" if not resumable else
+        "the SIGINT run ended before it was interrupted")
+    if first["interrupted"] and resumable:
       # Resume, but only to check that it picks up: stop it again soon.
       again = run(long_args + ["--workdir", sig_dir],
                   sigint_when=lambda t: t > 60)
@@ -333,8 +380,8 @@ def matrix_for(command: str, sub: argparse.ArgumentParser, root: str,
   return {c: {**summarise(r, c), "raw": _tail(r)} for c, r in cells.items()}
 
 
-def _tail(res: dict | None) -> dict | None:
-  if res is None:
+def _tail(res: dict | str | None) -> dict | None:
+  if res is None or isinstance(res, str):
     return None
   return {"rc": res["rc"], "seconds": round(res["seconds"], 1),
           "stdout": res["stdout"][-2000:], "stderr": res["stderr"][-3000:]}
