@@ -16,9 +16,11 @@ only builds or runs DP training steps never needs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
+import logging
 from typing import Any, TYPE_CHECKING
 
 from jaxleak._src import validate
@@ -104,6 +106,37 @@ def calibrate_noise(target_epsilon: float, *, sample_rate: float, steps: int,
   if steps == 0:
     return 0.0
   make_event = lambda sigma: dp_event(sigma, sample_rate, steps)
+  with _quiet_rdp_search():
+    return _calibrate(make_event, target_epsilon, sample_rate=sample_rate,
+                      steps=steps, delta=delta, accountant=accountant, tol=tol)
+
+
+class _DropRdpOrderWarnings(logging.Filter):
+  """Drops dp-accounting's "_compute_log_a_frac failed to converge" lines.
+
+  While the search tries small noise multipliers, RDP orders near 1 do not
+  converge; dp-accounting excludes them (the bound stays valid) and logs one
+  absl warning per order and trial: dozens of lines per calibration.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "failed to converge" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_rdp_search():
+  logger = logging.getLogger("absl")
+  quiet = _DropRdpOrderWarnings()
+  logger.addFilter(quiet)
+  try:
+    yield
+  finally:
+    logger.removeFilter(quiet)
+
+
+def _calibrate(make_event, target_epsilon, *, sample_rate, steps, delta,
+               accountant, tol) -> float:
+  """`calibrate_noise` once its arguments are checked."""
   # RDP is fast at any sigma; PLD's discretisation blows up (minutes, GBs) at
   # tiny sigma, so PLD is only searched inside a bracket found from RDP: RDP
   # over-estimates epsilon, hence sigma_rdp is enough noise for PLD too.

@@ -39,6 +39,24 @@ def test_calibrate_noise_hits_the_target_from_below():
   assert accounting.epsilon(noise_multiplier=sigma * 0.97, accountant="rdp", **kw) > 2.0
 
 
+def test_calibration_does_not_log_dp_accountings_rdp_order_warnings(caplog):
+  # The audit's eps-1 calibration (q = 256/4000, 15 epochs) printed 48 lines
+  # "_compute_log_a_frac failed to converge ..." into the main job's output.
+  kw = dict(sample_rate=0.064, steps=234, delta=1e-5)
+  with caplog.at_level("WARNING", logger="absl"):
+    _direct("rdp", 1.0, kw["sample_rate"], kw["steps"], kw["delta"])
+  assert any("failed to converge" in r.getMessage() for r in caplog.records)
+  caplog.clear()
+  with caplog.at_level("WARNING", logger="absl"):
+    sigma = accounting.calibrate_noise(1.0, accountant="rdp", **kw)
+  assert not [r for r in caplog.records if "failed to converge" in r.getMessage()]
+  eps = accounting.epsilon(noise_multiplier=sigma, accountant="rdp", **kw)
+  assert 0.99 < eps <= 1.0
+  with caplog.at_level("WARNING", logger="absl"):  # the filter is removed
+    _direct("rdp", 1.0, kw["sample_rate"], kw["steps"], kw["delta"])
+  assert any("failed to converge" in r.getMessage() for r in caplog.records)
+
+
 def test_edge_cases_and_errors():
   kw = dict(sample_rate=0.1, delta=1e-5)
   assert accounting.epsilon(noise_multiplier=1.0, steps=0, **kw) == 0.0
