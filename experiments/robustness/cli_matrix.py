@@ -44,7 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
 # "long" is the same command made long enough to be interrupted mid-run.
 # "flags" overrides the flags picked from --help for the bad-number columns
 # (a flag the base configuration ignores would exit 0 for the wrong
-# reason); "resumable": False marks a command that keeps no checkpoints, so
+# reason); "bad" gives a column's whole bad input; "resumable": False marks a command that keeps no checkpoints, so
 # a rerun after SIGINT starts over (not run).
 AUDIT_TINY = ["--set", "epochs=1", "--set", "dp_epochs=1", "--set",
               "ig_steps=20", "--set", "dsg_steps=4", "--set", "i2f_images=4",
@@ -56,6 +56,8 @@ TINY = {
         "base": ["--quick", "--epsilons", "8", "--rules", "clip",
                  *AUDIT_TINY],
         "flags": {"int": "--seed", "float": "--epsilons"},
+        # --seed 0 is valid: zero goes to an AuditConfig count instead.
+        "bad": {"zero": ["--set", "ig_steps=0"]},
         "other": ["--model", "lenet"],
         "long": ["--set", "epochs=200"],
     },
@@ -313,7 +315,10 @@ def matrix_for(command: str, sub: argparse.ArgumentParser, root: str,
                               ("NaN", "float", "nan"),
                               ("Inf", "float", "inf")):
     cells[column] = f"takes no {flag} flag"
-    if flags[flag]:
+    if column in conf.get("bad", {}):
+      cells[column] = run(
+          _with(base, conf["bad"][column]) + nopro + wd(column))
+    elif flags[flag]:
       cells[column] = run(
           _with(base, [flags[flag], value]) + nopro + wd(column))
   if not has_run_flags:
