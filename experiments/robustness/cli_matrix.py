@@ -417,7 +417,10 @@ def write_markdown(results: dict[str, dict], path: str, meta: dict) -> None:
       "",
   ]
   for cmd, row in results.items():
-    lines += [f"## jaxleak {cmd}", "", "| input | result |", "|---|---|"]
+    lines += [f"## jaxleak {cmd}", ""]
+    if meta.get("rows", {}).get(cmd):
+      lines += [f"Run at {meta['rows'][cmd]}.", ""]
+    lines += ["| input | result |", "|---|---|"]
     for col in COLUMNS:
       cell = row[col]
       text = cell["cell"].replace("|", "\\|")
@@ -438,6 +441,9 @@ def main(argv=None) -> int:
                   help="commands tested at the same time")
   ap.add_argument("--timeout", type=float, default=600,
                   help="seconds per jaxleak call")
+  ap.add_argument("--update", action="store_true",
+                  help="keep the rows of the commands not run now from "
+                       "--workdir's cli_matrix.json (rerun a few rows)")
   args = ap.parse_args(argv)
   # A shell starts background jobs with SIGINT ignored, an ignored signal
   # stays ignored across exec, and Python then never raises
@@ -451,31 +457,49 @@ def main(argv=None) -> int:
   if unknown:
     ap.error(f"argument --commands: unknown {', '.join(unknown)}")
   scratch = os.path.join(os.path.abspath(args.workdir), "scratch")
-  shutil.rmtree(scratch, ignore_errors=True)
+  for c in commands:  # each row starts from an empty folder
+    shutil.rmtree(os.path.join(scratch, c), ignore_errors=True)
   git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                        capture_output=True, text=True, check=False
                        ).stdout.strip()
   os.makedirs(args.workdir, exist_ok=True)
+  json_path = os.path.join(args.workdir, "cli_matrix.json")
+  previous = {"meta": {}, "results": {}}
+  if args.update and os.path.exists(json_path):
+    with open(json_path) as f:
+      previous = json.load(f)
+  kept = {c: r for c, r in previous["results"].items()
+          if c in subs and c not in commands}
+  old_rows = previous["meta"].get("rows", {})
+  rows = {c: old_rows.get(c, f"{previous['meta'].get('git')}, "
+                             f"{previous['meta'].get('time')}") for c in kept}
+  seconds = previous["meta"].get("seconds", 0.0) if kept else 0.0
 
-  def write(results: dict) -> None:
-    meta = {"time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "git": f"commit {git}", "seconds": time.time() - t0,
-            "pending": [c for c in commands if c not in results]}
-    with open(os.path.join(args.workdir, "cli_matrix.json"), "w") as f:
+  def write(done: dict) -> None:
+    now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    for c in done:
+      rows.setdefault(c, f"commit {git}, {now}")
+    results = {c: (done.get(c) or kept[c]) for c in subs
+               if c in done or c in kept}
+    meta = {"time": now, "git": f"commit {git}",
+            "seconds": seconds + time.time() - t0,
+            "pending": [c for c in commands if c not in done],
+            "rows": {c: rows[c] for c in results}}
+    with open(json_path, "w") as f:
       json.dump({"meta": meta, "results": results}, f, indent=1)
     write_markdown(results, os.path.join(args.workdir, "cli_matrix.md"),
                    meta)
 
-  results = {}
+  done = {}
   with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
     futures = {c: pool.submit(matrix_for, c, subs[c], scratch, args.timeout)
                for c in commands}
     for c in commands:  # in order; the tables are rewritten as rows finish
-      results[c] = futures[c].result()
-      flagged = [col for col, cell in results[c].items() if cell["flag"]]
+      done[c] = futures[c].result()
+      flagged = [col for col, cell in done[c].items() if cell["flag"]]
       print(f"{c}: done ({len(flagged)} flagged: {', '.join(flagged)})",
             flush=True)
-      write(results)
+      write(done)
   print(f"wrote {args.workdir}/cli_matrix.md, cli_matrix.json")
   return 0
 
