@@ -328,6 +328,12 @@ class RunLoop:
               f"{', '.join(str(s) for s, _ in corrupt)} in {self.directory} "
               f"(truncated or damaged); resuming from step {step}",
               file=sys.stderr)
+      elif int(meta["step"]) < self.total_steps:
+        # Said when it happens, not only in the final summary: a resumed run
+        # that is interrupted again shows that it did pick up.
+        print(f"{self.name}: resuming from checkpoint step {meta['step']} of "
+              f"{self.total_steps} in {self.directory}", file=sys.stderr,
+              flush=True)
       self.state, self.aux = restored, dict(meta.get("aux", {}))
       self.step = self.resumed_from = self.last_saved = int(meta["step"])
       self._prior_wall = float(meta.get("wall_time_s", 0.0))

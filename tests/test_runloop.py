@@ -57,6 +57,19 @@ def test_preempted_run_resumes_to_the_same_state_and_aux(tmp_path):
   assert resumed.aux == straight.aux == {"visited": [0, 1, 2, 3, 4, 5]}
 
 
+def test_resuming_says_so_when_it_happens_and_a_finished_rerun_does_not(
+    tmp_path, capfd):
+  with pytest.raises(runloop.Preempted):
+    _run(tmp_path, stop_after=3)
+  capfd.readouterr()
+  _run(tmp_path)
+  err = [ln for ln in capfd.readouterr().err.splitlines() if ln.strip()]
+  assert err == [f"count: resuming from checkpoint step 3 of 6 in "
+                 f"{tmp_path / 'checkpoints'}"]
+  _run(tmp_path)  # finished: nothing to resume
+  assert capfd.readouterr().err.strip() == ""
+
+
 # Issue 12: wall time is the total over resumed segments; a finished rerun
 # adds nothing to it.
 def test_wall_time_is_summed_over_segments_and_kept_by_a_finished_rerun(

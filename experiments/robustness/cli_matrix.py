@@ -31,6 +31,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -273,8 +274,10 @@ def summarise(res: dict | str | None, column: str) -> dict:
             if "interrupted" in ln.lower() and not _is_noise(ln)]
     first = said[0] if said else first
   if column == "rerun after SIGINT":  # what matters: did it pick up?
+    # "resumed from" / "resuming from", not "rerun ... to resume".
     resumed = [ln.strip() for ln in (out + "\n" + err).splitlines()
-               if "resum" in ln.lower() and not _is_noise(ln)]
+               if re.search(r"resum(ed|ing) from", ln.lower())
+               and not _is_noise(ln)]
     first = resumed[0] if resumed else f"(no resume message) {first}"
   flag = None
   if "Traceback (most recent call last)" in err + out:

@@ -284,6 +284,7 @@ def run(args) -> int:
     args.model = "lenet" if args.mode == "gradient" else "cnn_mnist"
   if args.dataset is None:
     args.dataset = "digits" if args.mode == "gradient" else "mnist_subset"
+  _common.check_model_name(args)  # names --model / --init, before any work
   rule = _rule(args)
   tag = "nonprivate" if args.non_private else f"{args.rule}-eps{args.epsilon:g}"
   if args.broken != "none":

@@ -9,10 +9,13 @@ Each subcommand lives in its own module under `jaxleak.cli` and exposes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 
 # Module names under jaxleak.cli, in the order `jaxleak --help` lists them.
 SUBCOMMANDS = (
@@ -79,6 +82,56 @@ def _interrupted_message(args: argparse.Namespace) -> str:
           "command keeps no checkpoints): rerun it to start over")
 
 
+@contextlib.contextmanager
+def _exit_on_sigint_during_native_code(args: argparse.Namespace):
+  """Ctrl-C ends a command without checkpoints even inside one XLA call.
+
+  Python runs a SIGINT handler only between bytecodes, so a command whose
+  work is one long compiled call (``sample-prior``'s whole DDIM loop is one
+  jitted scan) would not react until the call ends (minutes). The C-level
+  handler also writes the signal number to a wakeup pipe; a watcher thread
+  reading it waits a second for the ordinary KeyboardInterrupt path and, if
+  the main thread is still stuck in native code, prints the same message and
+  exits with 130. Only for commands that keep no checkpoints (nothing to
+  save), and only in the main thread.
+  """
+  if (getattr(args, "resumable", True)
+      or threading.current_thread() is not threading.main_thread()):
+    yield
+    return
+  read_fd, write_fd = os.pipe()
+  os.set_blocking(write_fd, False)
+  handled = threading.Event()
+  try:
+    previous = signal.set_wakeup_fd(write_fd)
+  except ValueError:  # not the main thread of the main interpreter
+    os.close(read_fd)
+    os.close(write_fd)
+    yield
+    return
+
+  def watch() -> None:
+    while True:
+      try:
+        data = os.read(read_fd, 64)
+      except OSError:
+        return
+      if not data:  # the pipe was closed: the command ended
+        return
+      if signal.SIGINT in data and not handled.wait(1.0):
+        print(_interrupted_message(args), file=sys.stderr, flush=True)
+        os._exit(130)  # pylint: disable=protected-access
+
+  threading.Thread(target=watch, name="jaxleak-sigint", daemon=True).start()
+  try:
+    yield handled
+  finally:
+    handled.set()
+    signal.set_wakeup_fd(previous)
+    os.close(write_fd)
+    os.close(read_fd)
+
+
 def main(argv: list[str] | None = None) -> int:
   configure_process()
   from jaxleak.cli import _common  # pylint: disable=g-import-not-at-top
@@ -93,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.print_help()
     return 2
   try:
-    return int(args.func(args) or 0)
+    with _exit_on_sigint_during_native_code(args):
+      return int(args.func(args) or 0)
   except KeyboardInterrupt as e:
     # jaxleak.runloop.Interrupted says which step it saved.
     print(str(e) or _interrupted_message(args), file=sys.stderr)

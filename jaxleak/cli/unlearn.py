@@ -313,25 +313,38 @@ def _load_or_train(args, ul, apply_fn, params0, train, recipe, workdir,
 
   from jaxleak import checkpoint  # pylint: disable=g-import-not-at-top
   from jaxleak import report  # pylint: disable=g-import-not-at-top
+  different = ValueError(
+      f"unlearn: --workdir {workdir!r} holds the history of a different "
+      "model, data or recipe; use a new --workdir, or delete this one to "
+      "start over")
+  record_path = os.path.join(workdir, MODEL_RECORD)
+  stored = None
+  if os.path.isfile(record_path):
+    try:
+      with open(record_path) as f:
+        stored = json.load(f)
+    except (OSError, ValueError):
+      stored = None  # unreadable: the history's own fingerprint decides
+  # The model record first: another model's parameters do not even fit the
+  # stored pytree, and that is a different run, not a damaged one.
+  if stored is not None and stored != report.to_jsonable(model_record(args)):
+    raise different
   try:
     history = ul.load_history(workdir, params_like=params0)
   except FileNotFoundError:
     history = None
-  record_path = os.path.join(workdir, MODEL_RECORD)
+  except checkpoint.CorruptCheckpointError as e:
+    history_dir = os.path.join(workdir, "history")
+    raise checkpoint.CorruptCheckpointError(
+        f"unlearn: the training history in {history_dir} is damaged ({e}); "
+        f"delete {history_dir} to train it again") from None
   if history is not None:
-    stored = None
-    if os.path.isfile(record_path):
-      with open(record_path) as f:
-        stored = json.load(f)
     same = (history.recipe == recipe and history.fingerprint["init_checksum"]
             == checkpoint.tree_checksum(params0)
             and history.num_examples == len(train)
             and stored == report.to_jsonable(model_record(args)))
     if not same:
-      raise ValueError(
-          f"unlearn: --workdir {workdir!r} holds the history of a "
-          "different model, data or recipe; use a new --workdir, or delete "
-          "this one to start over")
+      raise different
     print(f"reusing the trained model and history in {workdir}")
     return history
   budget = int(args.max_history_mb * 2**20)

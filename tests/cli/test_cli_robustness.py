@@ -76,6 +76,8 @@ def test_attack_batch_size_zero_is_not_a_numpy_reduction_error(capsys):
     (["i2f", "--init", "no_such_init"], "--init"),
     (["unlearn", "--model", "no_such_net"], "--model"),
     (["audit", "--model", "no_such_net"], "--model"),
+    (["dp-audit", "--model", "no_such_net"], "--model"),
+    (["dp-audit", "--mode", "input", "--init", "no_such_init"], "--init"),
 ])
 def test_unknown_name_names_the_flag_and_lists_choices(tmp_path, capsys, argv,
                                                        flag):

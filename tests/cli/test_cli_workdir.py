@@ -141,3 +141,59 @@ def test_sigint_outside_a_run_loop_says_what_a_rerun_does(
   argv = [command, "--workdir", str(tmp_path / "run")]
   assert cli_main.main(argv) == 130
   assert capsys.readouterr().err.strip() == expected
+
+
+# A command whose work is one long native call (sample-prior's DDIM loop is
+# one jitted scan) ignored Ctrl-C until the call ended: the CLI matrix's
+# sample-prior SIGINT cell was "no exit within 60 s".
+_STUCK = r"""
+import sys
+import jax
+from jax import lax
+from jaxleak.cli import i2f
+from jaxleak.cli import main as cli_main
+
+def loop(n, body, init):
+  return lax.while_loop(lambda c: c[0] < n, lambda c: (c[0] + 1, body(c[1])),
+                        (0, init))[1]
+
+@jax.jit
+def spin(n):  # n * 2**30 iterations: minutes, in one native call
+  return loop(n, lambda x: loop(2**30, lambda y: y * 1.0001, x), 1.0)
+
+def stuck(args, workdir):
+  jax.block_until_ready(spin(0))  # compiled; the next call runs for minutes
+  print("spinning", flush=True)
+  jax.block_until_ready(spin(1000))
+  return 0
+
+i2f._i2f = stuck
+sys.exit(cli_main.main(["i2f", "--workdir", sys.argv[1]]))
+"""
+
+
+def test_sigint_ends_a_command_without_checkpoints_inside_native_code(
+    tmp_path):
+  import signal  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, XLA_FLAGS="")
+  proc = subprocess.Popen(
+      [sys.executable, "-c", _STUCK, str(tmp_path / "run")], env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    assert proc.stdout.readline().strip() == "spinning"
+    time.sleep(0.5)
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 130
+  assert time.time() - t0 < 15  # the watcher waits 1 s, then exits
+  assert err.strip().splitlines()[-1] == (
+      "jaxleak i2f: interrupted; nothing was saved (this command keeps no "
+      "checkpoints): rerun it to start over")
+  assert "Traceback" not in err

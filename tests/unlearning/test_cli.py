@@ -81,3 +81,34 @@ def test_unlearn_warns_when_the_original_model_is_far_below_a_linear_probe(
   err = capsys.readouterr().err
   assert "warning: the original model reaches" in err
   assert "linear classifier" in err
+
+
+def test_another_model_or_a_damaged_history_is_one_line_naming_the_fix(
+    tmp_path, capsys):
+  # Seen in the CLI matrix: --model mlp into a logreg workdir failed with
+  # "Too few leaves for PyTreeDef", and a truncated step cache with no advice.
+  workdir = tmp_path / "run"
+  base = ["unlearn", "--dataset", "digits", "--epochs", "3", "--method",
+          "finetune", "--ratio", "0.1", "--no-progress", "--workdir",
+          str(workdir)]
+  assert cli_main.main(base + ["--model", "logreg"]) == 0
+  capsys.readouterr()
+  assert cli_main.main(base + ["--model", "mlp"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == [f"jaxleak unlearn: error: unlearn: --workdir {str(workdir)!r} "
+                 "holds the history of a different model, data or recipe; "
+                 "use a new --workdir, or delete this one to start over"]
+  steps = sorted((workdir / "history" / "steps").iterdir(),
+                 key=lambda p: int(p.name))
+  for path in steps[-1].rglob("*"):
+    if path.is_file() and path.stat().st_size > 1:
+      with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+  assert cli_main.main(base + ["--model", "logreg"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1, err
+  history = workdir / "history"
+  assert err[0].startswith(
+      f"jaxleak unlearn: error: unlearn: the training history in {history} "
+      f"is damaged (checkpoint step {steps[-1].name} ")
+  assert err[0].endswith(f"delete {history} to train it again")
