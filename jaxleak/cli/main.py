@@ -73,6 +73,29 @@ def _subparser(parser: argparse.ArgumentParser, command: str):
   raise KeyError(command)
 
 
+# Library errors about a value that a CLI flag passes through unchanged:
+# (message prefix, the flag that names it).
+_LIBRARY_ARGUMENTS = (
+    ("load: dataset ", "--dataset", "load: "),
+    ("load_prior: argument 'name_or_path'=", "--prior",
+     "load_prior: argument 'name_or_path'="),
+)
+
+
+def _cli_message(e: BaseException) -> str:
+  """The library's message, naming the CLI flag where it names its argument.
+
+  `jaxleak.data.load` and `jaxleak.diffusion.load_prior` name themselves
+  and their own arguments; on the command line the value came from
+  --dataset or --prior.
+  """
+  text = str(e)
+  for prefix, flag, strip in _LIBRARY_ARGUMENTS:
+    if text.startswith(prefix):
+      return f"argument {flag}: {text[len(strip):]}"
+  return text
+
+
 def _interrupted_message(args: argparse.Namespace) -> str:
   """What a SIGINT outside a checkpointed run loop means for this command."""
   if getattr(args, "resumable", True):
@@ -156,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     # Bad input: print the library's message (it names the argument), no trace.
     if os.environ.get("JAXLEAK_DEBUG"):
       raise
-    print(f"jaxleak {args.command}: error: {e}", file=sys.stderr)
+    print(f"jaxleak {args.command}: error: {_cli_message(e)}",
+          file=sys.stderr)
     return 2
   except RuntimeError as e:
     # A checkpoint that cannot be read or written: one line that says what

@@ -89,6 +89,26 @@ def test_unknown_name_names_the_flag_and_lists_choices(tmp_path, capsys, argv,
   assert not workdir.exists()
 
 
+@pytest.mark.parametrize("argv,expected", [
+    (["train-prior", "--dataset", "no_such_data", "--resolution", "8"],
+     "argument --dataset: dataset 'no_such_data' not found: "),
+    (["train", "--dataset", "no_such_data"],
+     "argument --dataset: dataset 'no_such_data' not found: "),
+    (["sample-prior", "--prior", "no_such_prior"],
+     "argument --prior: 'no_such_prior' is neither a shipped prior nor a "
+     "folder. Available priors: "),
+], ids=lambda v: v[0] if isinstance(v, list) else "")
+def test_unknown_dataset_or_prior_names_the_flag_not_the_loader(
+    tmp_path, capsys, argv, expected):
+  # Was "load: dataset ..." and "load_prior: argument 'name_or_path'=...".
+  workdir = tmp_path / "run"
+  assert cli_main.main(argv + ["--workdir", str(workdir)]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"jaxleak {argv[0]}: error: {expected}"), err
+  assert err.count("\n") == 1
+  assert not workdir.exists()
+
+
 def test_every_float_option_rejects_non_finite_values():
   """The safety net in main catches a plain `type=float` option too."""
   parser = _common.Parser(prog="jaxleak x")
