@@ -26,6 +26,7 @@ from jaxleak.diffusion.prior import generate
 from jaxleak.diffusion.prior import load_prior
 from jaxleak.diffusion.prior import Prior
 from jaxleak.diffusion.prior import PriorError
+from jaxleak.diffusion.prior import PRIORS
 from jaxleak.diffusion.prior import save_prior
 from jaxleak.diffusion.sampling import ddim_sample
 from jaxleak.diffusion.sampling import ddim_step_fn
@@ -118,6 +119,7 @@ __all__ = (
     "PriorError",
     "FORMATS",
     "assets_dir",
+    "PRIORS",
     "available_priors",
     "load_prior",
     "save_prior",

@@ -54,9 +54,16 @@ class Unlearner(Protocol):
 UNLEARNERS: Registry[Callable[..., Params]] = Registry("unlearner")
 
 
-def register(name: str) -> Callable[[Callable[..., Params]], Callable[..., Params]]:
-  """Decorator adding an unlearning function to `UNLEARNERS` under `name`."""
-  return UNLEARNERS.register(name)
+def register(name: str, fn: Callable[..., Params] | None = None, *,
+             overwrite: bool = False) -> Any:
+  """``UNLEARNERS.register(name, fn, overwrite=)``; without `fn`, a decorator.
+
+  ``@unlearning.register("name")`` above ``fn(model, history,
+  forget_indices, data, *, hparams...) -> params`` registers it.
+  """
+  if fn is None:
+    return UNLEARNERS.register(name, overwrite=overwrite)
+  return UNLEARNERS.register(name, fn, overwrite=overwrite)
 
 
 def available() -> list[str]:
