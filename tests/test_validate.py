@@ -40,3 +40,30 @@ def test_finite_and_structure_checks():
                                   "g", "params")
   validate.check_same_structure({"a": jnp.ones((7, 2)), "b": jnp.ones((7, 3, 4))},
                                 ref, "g", "params", leading_axes=1)
+
+
+def test_check_keywords_lists_what_the_entry_accepts():
+  def builder(num_classes, *, hidden=(8,), act="relu"):
+    return num_classes, hidden, act
+
+  assert validate.check_keywords(builder, {"act": "tanh"}, "model 'm'",
+                                 fn="create") == ["hidden", "act"]
+  with pytest.raises(TypeError, match=r"^create: model 'm' got unexpected "
+                     r"keyword argument\(s\) 'depth', 'width'; accepted: "
+                     r"hidden, act$"):
+    validate.check_keywords(builder, ["width", "depth", "act"], "model 'm'",
+                            fn="create")
+  with pytest.raises(TypeError, match="accepted: none$"):
+    validate.check_keywords(lambda x: x, ["a"], "model 'n'")
+
+
+def test_registries_reject_unknown_hyper_parameters_by_name():
+  from jaxleak import models  # pylint: disable=g-import-not-at-top
+  from jaxleak import unlearning  # pylint: disable=g-import-not-at-top
+  with pytest.raises(TypeError, match="^create: model 'mlp' got unexpected "
+                     "keyword argument.s. 'depth'; accepted: hidden"):
+    models.create("mlp", 10, (8, 8, 1), 0, depth=3)
+  with pytest.raises(TypeError, match="^unlearning.get: unlearner 'finetune' "
+                     "got unexpected keyword argument.s. 'momentum'; accepted: "
+                     ".*epochs"):
+    unlearning.get("finetune", momentum=0.9)

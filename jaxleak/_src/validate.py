@@ -9,7 +9,8 @@ traced value cannot be inspected without a host sync.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+import inspect
 import math
 from typing import Any
 
@@ -225,3 +226,34 @@ def canonical_key(key: Any, fn: str | None = None, *,
     return jax.random.wrap_key_data(key)  # A legacy PRNGKey.
   raise TypeError(f"{_where(fn)}argument 'key' must be a jax.random.key or an "
                   f"int, got {type(key).__name__}")
+
+
+def check_keywords(target: Any, keywords: Iterable[str], what: str, *,
+                   fn: str | None = None) -> list[str]:
+  """Checks that `keywords` are keyword-only parameters of `target`.
+
+  Registries hand hyper-parameters to a registered builder or method by
+  keyword; an unknown one should fail at the call that names it, listing
+  what the entry accepts.
+
+  Args:
+    target: the callable whose keyword-only parameters are accepted.
+    keywords: the given keyword names.
+    what: the entry, for the message (e.g. ``"model 'mlp'"``).
+    fn: the public function, for the message.
+
+  Returns:
+    The accepted keyword-only parameter names, in signature order.
+
+  Raises:
+    TypeError: naming the unexpected keywords and listing the accepted ones.
+  """
+  accepted = [p.name for p in inspect.signature(target).parameters.values()
+              if p.kind is inspect.Parameter.KEYWORD_ONLY]
+  unknown = sorted(set(keywords) - set(accepted))
+  if unknown:
+    raise TypeError(
+        f"{_where(fn)}{what} got unexpected keyword argument(s) "
+        f"{', '.join(repr(u) for u in unknown)}; accepted: "
+        f"{', '.join(accepted) or 'none'}")
+  return accepted

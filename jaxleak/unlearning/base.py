@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import functools
-import inspect
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -80,14 +79,8 @@ def get(name: str, **hparams: Any) -> Unlearner:
   """
   validate.check_choice(name, "name", available(), fn="unlearning.get")
   fn = UNLEARNERS.get(name)
-  accepted = [p.name for p in inspect.signature(fn).parameters.values()
-              if p.kind is inspect.Parameter.KEYWORD_ONLY]
-  unknown = sorted(set(hparams) - set(accepted))
-  if unknown:
-    raise TypeError(
-        f"unlearning.get: unlearner {name!r} got unexpected keyword "
-        f"argument(s) {', '.join(map(repr, unknown))}; accepted: "
-        f"{', '.join(accepted)}")
+  validate.check_keywords(fn, hparams, f"unlearner {name!r}",
+                          fn="unlearning.get")
   bound = functools.partial(fn, **hparams)
   functools.update_wrapper(bound, fn)
   return bound
