@@ -33,21 +33,18 @@ import os
 import sys
 import time
 
-from absl import app
-from absl import flags
 import jax
-from ml_collections import config_flags
 import numpy as np
 
 from jaxleak import data
 from jaxleak import diffusion
+from jaxleak import launch
 from jaxleak import metrics
 from jaxleak import models
 from jaxleak import report
 from jaxleak import training
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
+_CONFIG, _WORKDIR = launch.define_config_flags()
 
 
 def train_judge(prior: diffusion.Prior, dataset: str, workdir: str,
@@ -173,5 +170,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  launch.run(main)

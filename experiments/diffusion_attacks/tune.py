@@ -16,16 +16,13 @@ import json
 import os
 import time
 
-from absl import app
-from absl import flags
-from ml_collections import config_flags
 import numpy as np
 
+from jaxleak import launch
 from jaxleak import report
 from jaxleak.attacks import inversion
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
+_CONFIG, _WORKDIR = launch.define_config_flags()
 
 
 def main(argv):
@@ -66,5 +63,4 @@ def _tune(cfg, workdir):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  launch.run(main)

@@ -9,12 +9,11 @@ import json
 import os
 import time
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/dp_audit", "output folder")
+from jaxleak import launch
+
+_CONFIG, _WORKDIR = launch.define_config_flags(workdir_default="runs/dp_audit")
 _SUMMARISE_ONLY = flags.DEFINE_bool(
     "summarise_only", False,
     "rebuild results.md/csv and the plot from results.jsonl (and finished "
@@ -170,7 +169,7 @@ def main(argv):
   from jaxleak import report  # pylint: disable=g-import-not-at-top
   from jaxleak.auditing import gradient_canaries as gc  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, "results.jsonl")
-  rows = report.read_jsonl(path) if os.path.exists(path) else []
+  rows = report.read_jsonl(path)
   done = {r["key"] for r in rows}
   cells = gradient_cells(cfg)
   background = None
@@ -205,4 +204,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run(main, required=("config",))

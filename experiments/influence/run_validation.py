@@ -18,13 +18,12 @@ import json
 import os
 import time
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 import numpy as np
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
+from jaxleak import launch
+
+_CONFIG, _WORKDIR = launch.define_config_flags()
 _SUMMARY_ONLY = flags.DEFINE_bool("summary_only", False,
                                   "only rebuild the report from results.jsonl")
 
@@ -265,17 +264,15 @@ def cfg_doc(cfg):
 def main(argv):
   del argv
   cfg = _CONFIG.value
-  workdir = _WORKDIR.value or os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), "results", cfg.study)
-  os.makedirs(os.path.join(workdir, "arrays"), exist_ok=True)
-  t0 = time.time()
-  if not _SUMMARY_ONLY.value:
+  workdir = launch.study_workdir(_WORKDIR.value, __file__, cfg.study, "arrays")
+
+  def run():
     run_all(cfg, workdir)
     fill_missing_predictions(cfg, workdir)
-  summarise(cfg, workdir)
-  print(f"done in {time.time() - t0:.0f} s; wrote {workdir}")
+
+  launch.timed_study(workdir, lambda: summarise(cfg, workdir),
+                     None if _SUMMARY_ONLY.value else run)
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("config")
-  app.run(main)
+  launch.run(main, required=("config",))

@@ -39,15 +39,13 @@ from __future__ import annotations
 import os
 import time
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "the sweep's get_config() file")
+from jaxleak import launch
+
 _SWEEP_DIR = flags.DEFINE_string(
     "sweep_dir", None, "the sweep's --workdir (its seed<s> histories are reused)")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
+_CONFIG, _WORKDIR = launch.define_config_flags(config_help="the sweep's get_config() file")
 _SEED = flags.DEFINE_integer("seed", 0, "the sweep seed to study")
 _RATIO = flags.DEFINE_float("ratio", 0.3, "the sweep forget ratio to study")
 _STEPS = flags.DEFINE_integer("steps", 16, "contraction iterates k")
@@ -225,5 +223,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "sweep_dir", "workdir"])
-  app.run(main)
+  launch.run(main, required=("config", "sweep_dir", "workdir"))

@@ -25,17 +25,16 @@ import json
 import os
 import time
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
+
+# jaxleak.launch imports neither jax nor numpy: --devices can still act.
+from jaxleak import launch
 
 COLUMNS = ("test_accuracy", "forget_accuracy", "distance_to_retrain",
            "run_time_s", "wall_time_s", "speedup_vs_retrain", "mia_loss_auc",
            "mia_loss_tpr_at_1pct_fpr", "mia_efficacy", "mia_lira_auc")
 
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
+_CONFIG, _WORKDIR = launch.define_config_flags()
 _DEVICES = flags.DEFINE_integer(
     "devices", None, "virtual CPU devices to create (before jax starts)")
 _REPORT_ONLY = flags.DEFINE_bool(
@@ -258,5 +257,4 @@ def plot(summary, out, cfg, models_order):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  launch.run(main)
