@@ -14,10 +14,10 @@ nearest_neighbour_ssim) and `jaxleak.training`.
   would score near 1, above the held-out baseline).
 
   python experiments/diffusion/evaluate_prior.py \\
-      --config experiments/diffusion/configs/mnist.py \\
+      --config experiments/diffusion/configs/prior.py:mnist \\
       --workdir experiments/diffusion/results/mnist_guidance8_eta1_steps100
   python experiments/diffusion/evaluate_prior.py \\
-      --config experiments/diffusion/configs/lfw_faces.py \\
+      --config experiments/diffusion/configs/prior.py:lfw_faces \\
       --workdir experiments/diffusion/results/lfw_faces
 
 The config (``prior``, ``n``, ``steps``, ``eta``, ``guidance_scale``,

@@ -1,14 +1,16 @@
 """Tunes the guidance strength on held-out images (not the reported ones).
 
-For each victim, runs `diffusion_dps` over a grid of ζ and `diffusion_dsg`
-over a grid of m_r on `images` held-out private images (simulate trials
-10000+, i.e. different images and initialisations than the study's trials
-0..N-1) at the given relative noise levels, and prints mean PSNR/SSIM per
-setting; results are appended to ``<workdir>/tune.jsonl``.
+For each victim in the study config's ``tune.models``, runs `diffusion_dps`
+over ``tune.zetas`` and `diffusion_dsg` over ``tune.rates`` (m_r) on
+``tune.images`` held-out private images (simulate trials 10000+, i.e.
+different images and initialisations than the study's trials 0..N-1) at the
+relative noise levels ``tune.noise``, with the study's prior, data, sampling
+steps and compiler options, and prints mean PSNR/SSIM per setting; results
+are appended to ``<workdir>/tune.jsonl``.
 
   nice -n 10 python experiments/diffusion_attacks/tune.py \\
-      --config experiments/diffusion_attacks/configs/tune.py \\
-      --config.rates='(0.1, 0.2, 0.5)' \\
+      --config experiments/diffusion_attacks/configs/acceptance.py \\
+      --config.tune.rates='(0.1, 0.2, 0.5)' \\
       --workdir experiments/diffusion_attacks/results/acceptance
 """
 
@@ -30,21 +32,22 @@ def main(argv):
   cfg, workdir = _CONFIG.value, _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
   with inversion.compiler_options(
-      inversion.FAST_COMPILE if cfg.fast_compile else None):
+      inversion.FAST_COMPILE if cfg.get("fast_compile") else None):
     _tune(cfg, workdir)
 
 
 def _tune(cfg, workdir):
   out = os.path.join(workdir, "tune.jsonl")
-  for model in cfg.models:
-    case = inversion.Case(model=model, dataset="mnist_subset", split="test",
-                          resolution=32)
-    grid = ([("diffusion_dps", {"zeta": z}) for z in cfg.zetas]
-            + [("diffusion_dsg", {"guidance_rate": r}) for r in cfg.rates])
+  tune = cfg.tune
+  for model in tune.models:
+    case = inversion.Case(model=model, dataset=cfg.dataset, split=cfg.split,
+                          resolution=cfg.resolution)
+    grid = ([("diffusion_dps", {"zeta": z}) for z in tune.zetas]
+            + [("diffusion_dsg", {"guidance_rate": r}) for r in tune.rates])
     for attack, kw in grid:
-      for noise in cfg.noise:
+      for noise in tune.noise:
         ps, ss = [], []
-        for i in range(cfg.images):
+        for i in range(tune.images):
           batch = inversion.simulate(
               case, seed=0, trial=10_000 + i,
               defence=inversion.GaussianNoise(std=noise, relative=True))

@@ -129,10 +129,9 @@ def summarise(rows, workdir, cfg):
 
 
 def _plot(table, path):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+  from jaxleak.metrics import figures  # pylint: disable=g-import-not-at-top
+  fig = figures.new_figure((6.4, 4.8), 120)
+  ax = fig.subplots()
   marks = {"one_run": "o", "clopper_pearson": "s", "gdp": "^"}
   colors = {"none": "tab:blue", "half_noise": "tab:red",
             "half_sensitivity": "tab:orange"}
@@ -153,8 +152,7 @@ def _plot(table, path):
   ax.set_title("Gradient-canary audit: above the diagonal = broken", fontsize=9)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  figures.save_figure(fig, path, 120)
 
 
 def main(argv):

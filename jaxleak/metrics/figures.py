@@ -39,13 +39,18 @@ def new_figure(figsize: tuple[float, float], dpi: int):
   return fig
 
 
-def save_figure(fig, path: PathLike, dpi: int) -> str:
-  """Writes a `new_figure` figure as PNG (parent folders created); the path."""
+def save_figure(fig, path: PathLike, dpi: int, *, tight: bool = False) -> str:
+  """Writes a `new_figure` figure as PNG (parent folders created); the path.
+
+  With `tight`, the saved area is cropped to what is drawn
+  (``bbox_inches="tight"``).
+  """
   path = os.fspath(path)
   parent = os.path.dirname(path)
   if parent:
     os.makedirs(parent, exist_ok=True)
-  fig.savefig(path, format="png", dpi=dpi)
+  fig.savefig(path, format="png", dpi=dpi,
+              bbox_inches="tight" if tight else None)
   return path
 
 

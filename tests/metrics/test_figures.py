@@ -77,6 +77,18 @@ def test_curves(tmp_path):
   assert _read_png(small).shape[:2] == (100, 150)
 
 
+def test_save_figure_full_and_tight(tmp_path):
+  from jaxleak.metrics import figures  # pylint: disable=g-import-not-at-top
+  fig = figures.new_figure((4, 3), 50)
+  fig.add_axes((0.4, 0.4, 0.2, 0.2)).plot([0, 1], [0, 1])
+  full = figures.save_figure(fig, tmp_path / "sub" / "full.png", 50)
+  assert _read_png(full).shape[:2] == (150, 200)
+  tight = _read_png(figures.save_figure(fig, tmp_path / "t.png", 50,
+                                        tight=True))
+  # Cropped to the small axes and their tick labels, inside the full canvas.
+  assert tight.shape[0] < 150 and tight.shape[1] < 200
+
+
 def test_figure_input_errors(images, tmp_path):
   with pytest.raises(ValueError, match="'images'"):
     metrics.save_image_grid(np.zeros((4, 4)), tmp_path / "x.png")
