@@ -53,6 +53,7 @@ __all__ = (
     "assets_dir",
     "available_priors",
     "load_prior",
+    "random_prior",
     "save_prior",
     "generate",
 )
@@ -371,6 +372,34 @@ def _abstract_params(spec: UNetSpec) -> Any:
 
 
 # -- sampling --------------------------------------------------------------------
+
+
+def random_prior(spec: UNetSpec, *, name: str = "random", seed: int = 0,
+                 std: float = 0.05,
+                 schedule: NoiseSchedule | None = None) -> Prior:
+  """An untrained prior: `spec`'s UNet with i.i.d. ``N(0, std^2)`` weights.
+
+  No parameter is initialised by the network's own initialisers: each leaf,
+  in tree order, takes the next ``std * standard_normal`` draws of
+  ``numpy.random.default_rng(seed)``, so the weights are the same on every
+  backend. Cheap stand-ins for tests, benchmarks and compile-time scaling.
+
+  Args:
+    spec: the architecture.
+    name: the prior's name.
+    seed: numpy seed of the weights.
+    std: weight standard deviation.
+    schedule: the noise schedule (default: DDPM linear, T = 1000).
+  """
+  shapes = jax.eval_shape(lambda k: unet_lib.init_unet(spec, k),
+                          jax.random.key(0))
+  rng = np.random.default_rng(seed)
+  params = jax.tree.map(
+      lambda s: jnp.asarray(std * rng.standard_normal(s.shape), s.dtype),
+      shapes)
+  return Prior(name, spec, params,
+               schedule if schedule is not None
+               else schedule_lib.linear_schedule(1000))
 
 
 def generate(prior: Prior, key: jax.Array, num_samples: int, *,

@@ -57,15 +57,7 @@ def vgrad():
 @pytest.fixture(scope="session")
 def prior():
   """A tiny random-weight diffusion prior (16x16x1, one UNet level)."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
   from jaxleak import diffusion  # pylint: disable=g-import-not-at-top
-  spec = diffusion.UNetSpec(resolution=16, channels=1,
-                            block_out_channels=(32,))
-  shapes = jax.eval_shape(lambda k: diffusion.init_unet(spec, k),
-                          jax.random.key(0))
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(
-      lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype),
-      shapes)
-  return diffusion.Prior("tiny", spec, params, diffusion.linear_schedule(1000))
+  return diffusion.random_prior(
+      diffusion.UNetSpec(resolution=16, channels=1, block_out_channels=(32,)),
+      name="tiny")
