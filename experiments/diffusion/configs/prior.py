@@ -7,13 +7,8 @@
 * ``lfw_faces``: the unconditional prior, 64 samples with 50 deterministic
   DDIM steps, each compared (SSIM) with its nearest training face.
 
-  python experiments/diffusion/evaluate_prior.py \\
-      --config experiments/diffusion/configs/prior.py:mnist \\
-      --workdir experiments/diffusion/results/mnist_guidance8_eta1_steps100
-  python experiments/diffusion/evaluate_prior.py \\
-      --config experiments/diffusion/configs/prior.py:lfw_faces \\
-      --workdir experiments/diffusion/results/lfw_faces
-
+Used as ``evaluate_prior.py --config experiments/diffusion/configs/prior.py:<name>``
+(commands in `evaluate_prior.py` and the README).
 Other sampler settings override the fields, e.g.
 ``--config.steps=50 --config.eta=0 --config.guidance_scale=3``; any prior
 folder with ``--config.prior=<folder>``.

@@ -41,6 +41,20 @@ def get_model():
 
 
 @pytest.fixture(scope="session")
+def mlp_victim_16px(get_model):
+  """mlp_victim_16px(hidden) -> (observation, private image [1, 16, 16, 1]):
+  an MLP victim and one uniform-random private image of class 2."""
+
+  def make(hidden):
+    apply_fn, params = get_model("mlp", shape=(16, 16, 1), hidden=hidden)
+    x = jax.random.uniform(jax.random.key(3), (1, 16, 16, 1))
+    obs = inversion.observe(apply_fn, params, x, np.array([2]), key=0)
+    return obs, np.asarray(x)
+
+  return make
+
+
+@pytest.fixture(scope="session")
 def digits():
   """(images [N, 8, 8, 1], labels [N]) of sklearn's digits, train split."""
   ds = data.load("digits", "train")
