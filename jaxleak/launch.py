@@ -76,17 +76,23 @@ def run(main: Callable[[list[str]], Any], *,
   app.run(main_with_process_settings)
 
 
-def study_workdir(workdir: str | None, script: str, study: str,
-                  *subdirs: str) -> str:
+def study_workdir(workdir: str | None, *subdirs: str,
+                  script: str | None = None, study: str | None = None) -> str:
   """The output folder, created with `subdirs`.
 
   Args:
     workdir: ``--workdir``; None uses ``results/<study>`` next to `script`.
-    script: the launcher's ``__file__``.
-    study: the config's study name.
     *subdirs: folders to create inside it (e.g. ``"arrays"``).
+    script: the launcher's ``__file__`` (for the default folder).
+    study: the config's study name (for the default folder).
+
+  Raises:
+    ValueError: without `workdir`, `script` and `study`.
   """
   if workdir is None:
+    if script is None or study is None:
+      raise ValueError("study_workdir: argument 'workdir' is None and there "
+                       "is no default (pass script= and study=)")
     workdir = os.path.join(os.path.dirname(os.path.abspath(script)),
                            "results", study)
   os.makedirs(os.path.join(workdir, *subdirs), exist_ok=True)

@@ -29,8 +29,8 @@ _LAUNCHER = textwrap.dedent("""
     def main(argv):
       del argv
       cfg = _CONFIG.value
-      workdir = launch.study_workdir(_WORKDIR.value, __file__, cfg.study,
-                                     "arrays")
+      workdir = launch.study_workdir(_WORKDIR.value, "arrays",
+                                     script=__file__, study=cfg.study)
       assert os.path.isdir(os.path.join(workdir, "arrays"))
       assert logging.getLogger("absl").level == logging.WARNING
       assert "jax" not in sys.modules  # --devices style flags still act

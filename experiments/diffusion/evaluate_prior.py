@@ -140,10 +140,10 @@ def evaluate_unconditional(prior, cfg, workdir: str,
 
 def main(argv) -> int:
   del argv
-  cfg, workdir = _CONFIG.value.copy_and_resolve_references(), _WORKDIR.value
+  cfg = _CONFIG.value.copy_and_resolve_references()
+  workdir = launch.study_workdir(_WORKDIR.value)
   if cfg.sample_seed < 0:
     cfg.sample_seed = cfg.seed
-  os.makedirs(workdir, exist_ok=True)
   prior = diffusion.load_prior(cfg.prior)
   out = {"prior": prior.name, "n": cfg.n, "ddim_steps": cfg.steps, "eta": cfg.eta,
          "guidance_scale": cfg.guidance_scale, "seed": cfg.seed,

@@ -445,7 +445,8 @@ def summarise(cfg, workdir):
 def main(argv):
   del argv
   cfg = _CONFIG.value
-  workdir = launch.study_workdir(_WORKDIR.value, __file__, cfg.study, "arrays")
+  workdir = launch.study_workdir(_WORKDIR.value, "arrays",
+                                 script=__file__, study=cfg.study)
 
   def run():
     from jaxleak.attacks import inversion  # pylint: disable=g-import-not-at-top

@@ -29,8 +29,7 @@ _CONFIG, _WORKDIR = launch.define_config_flags()
 
 def main(argv):
   del argv
-  cfg, workdir = _CONFIG.value, _WORKDIR.value
-  os.makedirs(workdir, exist_ok=True)
+  cfg, workdir = _CONFIG.value, launch.study_workdir(_WORKDIR.value)
   with inversion.compiler_options(
       inversion.FAST_COMPILE if cfg.get("fast_compile") else None):
     _tune(cfg, workdir)

@@ -196,8 +196,7 @@ def summarise(rows, cfg, workdir):
 def main(argv):
   del argv
   cfg = _CONFIG.value
-  workdir = _WORKDIR.value
-  os.makedirs(workdir, exist_ok=True)
+  workdir = launch.study_workdir(_WORKDIR.value)
   if _SUMMARISE_ONLY.value:
     from jaxleak import report  # pylint: disable=g-import-not-at-top
     rows = report.read_jsonl(os.path.join(workdir, "results.jsonl"))

@@ -158,8 +158,7 @@ def _plot(table, path):
 def main(argv):
   del argv
   cfg = _CONFIG.value
-  workdir = _WORKDIR.value
-  os.makedirs(workdir, exist_ok=True)
+  workdir = launch.study_workdir(_WORKDIR.value)
   import jax  # pylint: disable=g-import-not-at-top
 
   from jaxleak import data  # pylint: disable=g-import-not-at-top

@@ -318,7 +318,8 @@ def main(argv):
   from jaxleak import report  # pylint: disable=g-import-not-at-top
 
   cfg = _CONFIG.value
-  workdir = launch.study_workdir(_WORKDIR.value, __file__, "insights")
+  workdir = launch.study_workdir(_WORKDIR.value, script=__file__,
+                                 study="insights")
   jax.config.update("jax_compilation_cache_dir",
                     os.path.join(workdir, ".jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

@@ -264,7 +264,8 @@ def cfg_doc(cfg):
 def main(argv):
   del argv
   cfg = _CONFIG.value
-  workdir = launch.study_workdir(_WORKDIR.value, __file__, cfg.study, "arrays")
+  workdir = launch.study_workdir(_WORKDIR.value, "arrays",
+                                 script=__file__, study=cfg.study)
 
   def run():
     run_all(cfg, workdir)

@@ -154,7 +154,8 @@ def summarise(cfg, workdir):
 def main(argv):
   del argv
   cfg = _CONFIG.value
-  workdir = launch.study_workdir(_WORKDIR.value, __file__, cfg.study, "arrays")
+  workdir = launch.study_workdir(_WORKDIR.value, "arrays",
+                                 script=__file__, study=cfg.study)
   launch.timed_study(workdir, lambda: summarise(cfg, workdir),
                      lambda: run_all(cfg, workdir))
 

@@ -72,7 +72,7 @@ def krylov_filter_estimate(matvec, rhs, filters, num_iters):
 
 def main(argv) -> int:
   del argv
-  cfg, workdir = _CONFIG.value, _WORKDIR.value
+  cfg, workdir = _CONFIG.value, launch.study_workdir(_WORKDIR.value)
   seed, ratio = _SEED.value, _RATIO.value
   steps, hvps, other_orders = _STEPS.value, _HVPS.value, _OTHER_ORDERS.value
 
@@ -88,7 +88,6 @@ def main(argv) -> int:
   from jaxleak.metrics import figures  # pylint: disable=g-import-not-at-top
   from jaxleak.unlearning import base  # pylint: disable=g-import-not-at-top
 
-  os.makedirs(workdir, exist_ok=True)
   train = data.load(cfg.dataset, "train")
   kwargs = dict(cfg.model_kwargs)
   if "hidden" in kwargs:

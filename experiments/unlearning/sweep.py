@@ -43,7 +43,7 @@ _REPORT_ONLY = flags.DEFINE_bool(
 
 def main(argv) -> int:
   del argv
-  cfg, workdir = _CONFIG.value, _WORKDIR.value
+  cfg, workdir = _CONFIG.value, launch.study_workdir(_WORKDIR.value)
   report_only, devices = _REPORT_ONLY.value, _DEVICES.value
   if devices and devices > 1:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -61,7 +61,6 @@ def main(argv) -> int:
   from jaxleak.attacks import membership as mia  # pylint: disable=g-import-not-at-top
   from jaxleak.unlearning import evaluation  # pylint: disable=g-import-not-at-top
 
-  os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(cfg.to_dict(), f, indent=2, default=str)
   train = data.load(cfg.dataset, "train")
