@@ -14,7 +14,6 @@ prefix-stable). Then ``correlations.md``/``.json``, ``scatter.png`` and
 """
 
 import dataclasses
-import json
 import os
 import time
 
@@ -150,10 +149,7 @@ def fill_missing_predictions(cfg, workdir):
                                    eps=float(e))[0])
     if n % 20 == 0:
       print(f"filled predictions {n + 1}/{len(todo)}", flush=True)
-  with open(path + ".tmp", "w") as f:
-    for r in records:
-      f.write(json.dumps(r) + "\n")
-  os.replace(path + ".tmp", path)
+  report.write_jsonl(path, records)
 
 
 PREDICTORS = ("i2f", "lower_bound", "i2f_expected")
