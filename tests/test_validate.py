@@ -67,3 +67,23 @@ def test_registries_reject_unknown_hyper_parameters_by_name():
                      "got unexpected keyword argument.s. 'momentum'; accepted: "
                      ".*epochs"):
     unlearning.get("finetune", momentum=0.9)
+
+
+def test_check_int_is_the_one_integer_check():
+  assert validate.check_int(np.int64(3), "n") == 3
+  assert type(validate.check_int(np.int64(3), "n")) is int
+  assert validate.check_int(0, "seed", low=0) == 0
+  assert validate.check_int(-5, "offset", low=None) == -5
+  with pytest.raises(ValueError, match=r"^f: argument 'n' must be a positive "
+                     r"int, got 0$"):
+    validate.check_int(0, "n", fn="f")
+  with pytest.raises(ValueError, match=r"'k' must be an int in \[2, 4\], got 5"):
+    validate.check_int(5, "k", low=2, high=4)
+  with pytest.raises(ValueError, match="'k' must be an int <= 4"):
+    validate.check_int(5, "k", low=None, high=4)
+  for bad in (True, 2.0, "3", None):
+    # A non-integer is both a TypeError and a ValueError.
+    with pytest.raises(TypeError, match="'n' must be an int >= 0"):
+      validate.check_int(bad, "n", low=0)
+    with pytest.raises(ValueError, match="'n' must be an int >= 0"):
+      validate.check_int(bad, "n", low=0)

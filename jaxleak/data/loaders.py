@@ -29,7 +29,6 @@ import numpy as np
 
 from jaxleak._src import validate
 from jaxleak._src.registry import Registry
-from jaxleak.data import _checks
 from jaxleak.data.dataset import Dataset
 
 EMBEDDED: tuple[str, ...] = ("digits", "mnist_subset", "sample_images",
@@ -175,7 +174,7 @@ def load(name: str, split: str = "train",
   if not isinstance(split, str):
     raise TypeError(f"{_FN}: argument 'split' must be a str, got {split!r}")
   if resolution is not None:
-    resolution = _checks.check_int(resolution, "resolution", fn=_FN,
+    resolution = validate.check_int(resolution, "resolution", fn=_FN,
                                    low=MIN_RESOLUTION, high=MAX_RESOLUTION)
   if name in DATASETS:
     validate.check_choice(split, "split", SPLITS, fn=_FN)
