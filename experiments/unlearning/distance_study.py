@@ -104,8 +104,7 @@ def main(argv) -> int:
   model = ul.Model(apply_fn, history.final_params)
   n = len(train)
   # The sweep's forget set for this (seed, ratio).
-  rng = np.random.default_rng([seed, int(round(ratio * 1e4))])
-  forget = np.sort(rng.choice(n, int(round(ratio * n)), replace=False))
+  forget = ul.random_forget_set(n, ratio, seed, stream=int(round(ratio * 1e4)))
   r = len(forget)
 
   def flat(params):

@@ -101,9 +101,8 @@ def main(argv) -> int:
       cell = os.path.join(seed_dir, f"ratio{ratio}.json")
       if os.path.exists(cell):
         continue
-      n = len(train)
-      rng = np.random.default_rng([seed, int(round(ratio * 1e4))])
-      forget = np.sort(rng.choice(n, int(round(ratio * n)), replace=False))
+      forget = ul.random_forget_set(len(train), ratio, seed,
+                                    stream=int(round(ratio * 1e4)))
       t0 = time.perf_counter()
       results = evaluation.evaluate_unlearning(
           model, history, forget, train, test, methods, shadows=shadows,

@@ -114,6 +114,36 @@ class Problem(NamedTuple):
     return int(len(self.forget))
 
 
+def random_forget_set(n: int, ratio: float, seed: int, *, stream: int = 7
+                      ) -> np.ndarray:
+  """A uniformly random forget set R of ``round(ratio * n)`` of n indices.
+
+  ``sort(default_rng([seed, stream]).choice(n, r, replace=False))``: the
+  same (seed, stream) gives the same set in every program, so a study that
+  revisits a cell (e.g. the unlearning distance study after the sweep)
+  draws the sweep's set. The CLI and the audit use ``stream=7``; the sweep
+  one stream per ratio.
+
+  Args:
+    n: the training-set size.
+    ratio: the forgotten fraction, in (0, 1).
+    seed: the seed.
+    stream: a second seed word, for independent sets under one seed.
+
+  Returns:
+    Sorted int64 indices.
+  """
+  fn = "random_forget_set"
+  n = validate.check_int(n, "n", fn=fn)
+  validate.check_in_range(ratio, "ratio", 0.0, 1.0, fn=fn,
+                          inclusive=(False, False))
+  r = int(round(ratio * n))
+  rng = np.random.default_rng([validate.check_int(seed, "seed", fn=fn, low=0),
+                               validate.check_int(stream, "stream", fn=fn,
+                                                  low=0)])
+  return np.sort(rng.choice(n, r, replace=False))
+
+
 def check_forget_indices(forget_indices: Any, n: int, fn: str) -> np.ndarray:
   """Validates R: integers in [0, n), no duplicates, not all of D.
 
