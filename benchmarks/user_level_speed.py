@@ -74,16 +74,9 @@ def seconds_per_user(args, apply_fn, params, prior) -> list[dict]:
 
 def _tiny_prior():
   """A random-weight 16x16 UNet (one level): cheap to compile, for scaling."""
-  spec = diffusion.UNetSpec(resolution=16, channels=1,
-                            block_out_channels=(32,))
-  shapes = jax.eval_shape(lambda k: diffusion.init_unet(spec, k),
-                          jax.random.key(0))
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(
-      lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype),
-      shapes)
-  return diffusion.Prior("tiny16", spec, params,
-                         diffusion.linear_schedule(1000))
+  return diffusion.random_prior(
+      diffusion.UNetSpec(resolution=16, channels=1, block_out_channels=(32,)),
+      name="tiny16")
 
 
 def step_memory(args, apply_fn, params, prior) -> list[dict]:

@@ -24,6 +24,7 @@ __all__ = (
     "influence",
     "unlearning",
     "cli",
+    "launch",
 )
 _SUBMODULES = __all__[1:]
 

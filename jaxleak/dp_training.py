@@ -373,15 +373,14 @@ def write_dp_report(workdir: str, result: DPTrainResult, config: DPTrainConfig,
   """metrics.json, report.md and accuracy/epsilon curves for a DP run."""
   from jaxleak import metrics  # pylint: disable=g-import-not-at-top
   h = result.history
-  steps = [r["step"] for r in h]
-  acc_png = metrics.save_curves(
-      {"test accuracy": (steps, [r["test_accuracy"] for r in h]),
-       "train accuracy (batch)": (steps, [r["train_accuracy"] for r in h])},
-      os.path.join(workdir, "accuracy_curve.png"), xlabel="step",
-      ylabel="accuracy", title=title)
-  eps_png = metrics.save_curves(
-      {"epsilon spent": (steps, [r["epsilon"] for r in h])},
-      os.path.join(workdir, "epsilon_curve.png"), xlabel="step",
+  acc_png = metrics.save_history_curves(
+      h, "step", {"test accuracy": "test_accuracy",
+                  "train accuracy (batch)": "train_accuracy"},
+      os.path.join(workdir, "accuracy_curve.png"), ylabel="accuracy",
+      title=title)
+  eps_png = metrics.save_history_curves(
+      h, "step", {"epsilon spent": "epsilon"},
+      os.path.join(workdir, "epsilon_curve.png"),
       ylabel=f"epsilon (delta={config.delta:g})", title="privacy spent")
   summary = {"test_accuracy": result.test_accuracy, "epsilon": result.epsilon,
              "delta": config.delta, "noise_multiplier": result.noise_multiplier,

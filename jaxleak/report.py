@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ("to_jsonable", "write_json", "read_jsonl", "append_jsonl",
-           "markdown_table", "write_report")
+           "write_jsonl", "markdown_table", "write_report")
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -74,6 +74,20 @@ def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
   with open(os.fspath(path), "a") as f:
     f.write(json.dumps(record) + "\n")
     f.flush()
+
+
+def write_jsonl(path: str | os.PathLike,
+                records: Sequence[Mapping[str, Any]]) -> str:
+  """Rewrites a JSONL file with `records` (atomically: a kill keeps the old
+  file whole) and returns the path; e.g. after filling in fields of records
+  that `read_jsonl` returned."""
+  path = os.fspath(path)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    for record in records:
+      f.write(json.dumps(record) + "\n")
+  os.replace(tmp, path)
+  return path
 
 
 def _fmt(v: Any) -> str:

@@ -29,3 +29,11 @@ def pytest_configure(config):
 @pytest.fixture
 def workdir(tmp_path):
   return tmp_path
+
+
+@pytest.fixture(scope="session")
+def digits():
+  """(train, test) `Dataset`s of sklearn's 8x8 digits (overridden where a
+  test folder needs another form)."""
+  from jaxleak import data  # pylint: disable=g-import-not-at-top
+  return data.load("digits", "train"), data.load("digits", "test")

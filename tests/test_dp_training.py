@@ -12,11 +12,6 @@ from jaxleak import sharding
 from jaxleak.dp import accounting
 
 
-@pytest.fixture(scope="module")
-def digits():
-  return data.load("digits", "train"), data.load("digits", "test")
-
-
 def _model(train):
   return models.create("mlp", train.num_classes, train.image_shape,
                        jax.random.key(0), hidden=(256,), act="tanh")

@@ -60,3 +60,15 @@ def test_jsonl_round_trip_drops_a_truncated_last_line_and_names_corruption(tmp_p
   path.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
   with pytest.raises(ValueError, match="line 2 of .*results.jsonl"):
     report.read_jsonl(path)
+
+
+def test_write_jsonl_rewrites_what_read_jsonl_reads(tmp_path):
+  path = tmp_path / "results.jsonl"
+  report.append_jsonl(path, {"a": 1})
+  report.append_jsonl(path, {"a": 2})
+  records = report.read_jsonl(path)
+  records[0]["b"] = 0.5  # fill a field in, then rewrite the file
+  assert report.write_jsonl(path, records) == str(path)
+  assert report.read_jsonl(path) == [{"a": 1, "b": 0.5}, {"a": 2}]
+  assert not (tmp_path / "results.jsonl.tmp").exists()
+  assert path.read_text().count("\n") == 2

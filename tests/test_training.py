@@ -4,17 +4,11 @@ import jax
 import numpy as np
 import pytest
 
-from jaxleak import data
 from jaxleak import models
 from jaxleak import training
 
 CONFIG = training.TrainConfig(epochs=3, batch_size=64, learning_rate=3e-3,
                               seed=1, checkpoint_every=7)
-
-
-@pytest.fixture(scope="module")
-def digits():
-  return data.load("digits", "train"), data.load("digits", "test")
 
 
 def _model(train):

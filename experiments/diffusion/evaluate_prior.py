@@ -13,10 +13,15 @@ nearest_neighbour_ssim) and `jaxleak.training`.
   statistic for held-out real images (a prior that copies its training set
   would score near 1, above the held-out baseline).
 
-  python experiments/diffusion/evaluate_prior.py --prior mnist \\
-      --workdir experiments/diffusion/results/mnist
-  python experiments/diffusion/evaluate_prior.py --prior lfw_faces \\
+  python experiments/diffusion/evaluate_prior.py \\
+      --config experiments/diffusion/configs/prior.py:mnist \\
+      --workdir experiments/diffusion/results/mnist_guidance8_eta1_steps100
+  python experiments/diffusion/evaluate_prior.py \\
+      --config experiments/diffusion/configs/prior.py:lfw_faces \\
       --workdir experiments/diffusion/results/lfw_faces
+
+The config (``prior``, ``n``, ``steps``, ``eta``, ``guidance_scale``,
+``seed``, ``sample_seed``) takes overrides such as ``--config.n=100``.
 
 The classifier is trained once into ``<workdir>/classifier`` (rerunning
 restores it from its checkpoint).
@@ -24,23 +29,22 @@ restores it from its checkpoint).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import numpy as np
 
 from jaxleak import data
 from jaxleak import diffusion
+from jaxleak import launch
 from jaxleak import metrics
 from jaxleak import models
 from jaxleak import report
 from jaxleak import training
 
-# pylint: enable=g-import-not-at-top,wrong-import-position
+_CONFIG, _WORKDIR = launch.define_config_flags()
 
 
 def train_judge(prior: diffusion.Prior, dataset: str, workdir: str,
@@ -66,17 +70,17 @@ def train_judge(prior: diffusion.Prior, dataset: str, workdir: str,
   return apply_fn, result.params, result.test_accuracy
 
 
-def evaluate_conditional(prior, args, out: dict) -> tuple[dict, dict]:
+def evaluate_conditional(prior, cfg, workdir: str, out: dict) -> tuple[dict, dict]:
   dataset = prior.info.get("dataset", prior.name)
   apply_fn, params, judge_acc = train_judge(
-      prior, dataset, os.path.join(args.workdir, "classifier"), args.seed)
+      prior, dataset, os.path.join(workdir, "classifier"), cfg.seed)
   k = prior.num_classes
-  labels = np.arange(args.n) % k
+  labels = np.arange(cfg.n) % k
   t0 = time.time()
-  samples = diffusion.generate(prior, jax.random.key(args.sample_seed), args.n,
-                               labels=labels, num_steps=args.steps,
-                               eta=args.eta,
-                               guidance_scale=args.guidance_scale)
+  samples = diffusion.generate(prior, jax.random.key(cfg.sample_seed), cfg.n,
+                               labels=labels, num_steps=cfg.steps,
+                               eta=cfg.eta,
+                               guidance_scale=cfg.guidance_scale)
   sample_s = time.time() - t0
   predict = jax.jit(lambda x: apply_fn(params, x))
   agree = diffusion.class_agreement(predict, samples, labels, k)
@@ -90,12 +94,12 @@ def evaluate_conditional(prior, args, out: dict) -> tuple[dict, dict]:
       "sampling_wall_time_s": sample_s,
   })
   # Grid: one row per class, the first 10 samples of each.
-  per_row = min(10, args.n // k)
+  per_row = min(10, cfg.n // k)
   order = np.concatenate([np.flatnonzero(labels == c)[:per_row]
                           for c in range(k)])
   titles = [f"{labels[i]}->{agree.predictions[i]}" for i in order]
   grid = metrics.save_image_grid(samples[order],
-                                 os.path.join(args.workdir, "samples.png"),
+                                 os.path.join(workdir, "samples.png"),
                                  nrow=per_row, titles=titles)
   rows = [{"conditioned on": name, "agreement": acc}
           for name, acc in out["per_class_agreement"].items()]
@@ -103,13 +107,14 @@ def evaluate_conditional(prior, args, out: dict) -> tuple[dict, dict]:
           {"Samples (title: conditioned label -> classifier's label)": grid})
 
 
-def evaluate_unconditional(prior, args, out: dict) -> tuple[dict, dict]:
+def evaluate_unconditional(prior, cfg, workdir: str,
+                           out: dict) -> tuple[dict, dict]:
   dataset = prior.info.get("dataset", prior.name)
   train = data.load(dataset, "train", resolution=prior.resolution)
   test = data.load(dataset, "test", resolution=prior.resolution)
   t0 = time.time()
-  samples = diffusion.generate(prior, jax.random.key(args.sample_seed), args.n,
-                               num_steps=args.steps, eta=args.eta)
+  samples = diffusion.generate(prior, jax.random.key(cfg.sample_seed), cfg.n,
+                               num_steps=cfg.steps, eta=cfg.eta)
   sample_s = time.time() - t0
   nn_samples = diffusion.nearest_neighbour_ssim(samples, train.images)
   nn_test = diffusion.nearest_neighbour_ssim(test.images, train.images)
@@ -120,61 +125,49 @@ def evaluate_unconditional(prior, args, out: dict) -> tuple[dict, dict]:
       "nn_ssim_heldout_to_train_max": float(nn_test.ssim.max()),
       "sampling_wall_time_s": sample_s,
   })
-  m = min(16, args.n)
+  m = min(16, cfg.n)
   grid = metrics.save_image_grid(samples[:64],
-                                 os.path.join(args.workdir, "samples.png"),
+                                 os.path.join(workdir, "samples.png"),
                                  nrow=8)
   pairs = metrics.save_comparison_grid(
       train.images[nn_samples.index[:m]], samples[:m],
-      os.path.join(args.workdir, "nearest_training_faces.png"),
+      os.path.join(workdir, "nearest_training_faces.png"),
       show_psnr=False, labels=("nearest training image", "sample"))
   return {}, {"Samples": grid,
               "Samples (bottom) and their nearest training images (top)":
                   pairs}
 
 
-def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--prior", required=True, help="shipped name or folder")
-  ap.add_argument("--workdir", required=True)
-  ap.add_argument("--n", type=int, default=500, help="samples to draw")
-  ap.add_argument("--steps", type=int, default=50, help="DDIM steps")
-  ap.add_argument("--eta", type=float, default=0.0,
-                  help="DDIM stochasticity (0 deterministic, 1 DDPM-like)")
-  ap.add_argument("--guidance-scale", type=float, default=1.0,
-                  help="classifier-free guidance (conditional priors)")
-  ap.add_argument("--seed", type=int, default=0,
-                  help="judge classifier seed (and sampling seed by default)")
-  ap.add_argument("--sample-seed", type=int, default=None,
-                  help="sampling seed, to report on samples other than the "
-                       "ones settings were chosen on (default: --seed)")
-  args = ap.parse_args(argv)
-  if args.sample_seed is None:
-    args.sample_seed = args.seed
-  os.makedirs(args.workdir, exist_ok=True)
-  prior = diffusion.load_prior(args.prior)
-  out = {"prior": prior.name, "n": args.n, "ddim_steps": args.steps, "eta": args.eta,
-         "guidance_scale": args.guidance_scale, "seed": args.seed,
-         "sample_seed": args.sample_seed,
+def main(argv) -> int:
+  del argv
+  cfg = _CONFIG.value.copy_and_resolve_references()
+  workdir = launch.study_workdir(_WORKDIR.value)
+  if cfg.sample_seed < 0:
+    cfg.sample_seed = cfg.seed
+  prior = diffusion.load_prior(cfg.prior)
+  out = {"prior": prior.name, "n": cfg.n, "ddim_steps": cfg.steps, "eta": cfg.eta,
+         "guidance_scale": cfg.guidance_scale, "seed": cfg.seed,
+         "sample_seed": cfg.sample_seed,
          "prior_info": prior.info}
   if prior.conditional:
-    tables, figures = evaluate_conditional(prior, args, out)
+    tables, figures = evaluate_conditional(prior, cfg, workdir, out)
     headline = f"class agreement {out['class_agreement']:.3f}"
   else:
-    tables, figures = evaluate_unconditional(prior, args, out)
+    tables, figures = evaluate_unconditional(prior, cfg, workdir, out)
     headline = ("NN-SSIM samples->train "
                 f"{out['nn_ssim_samples_to_train_mean']:.3f} (held-out real "
                 f"{out['nn_ssim_heldout_to_train_mean']:.3f})")
-  report.write_json(os.path.join(args.workdir, "metrics.json"), out)
+  report.write_json(os.path.join(workdir, "metrics.json"), out)
   summary = {k: v for k, v in out.items()
              if isinstance(v, (int, float, str)) and k != "prior_info"}
-  report.write_report(args.workdir, f"Prior quality: {prior.name}",
+  report.write_report(workdir, f"Prior quality: {prior.name}",
                       summary=summary, tables=tables, figures=figures,
                       config={"command": " ".join(sys.argv),
+                              "config": cfg.to_dict(),
                               "prior_info": prior.info})
-  print(f"{prior.name}: {headline}; wrote {args.workdir}/report.md")
+  print(f"{prior.name}: {headline}; wrote {workdir}/report.md")
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  launch.run(main)

@@ -29,13 +29,12 @@ import json
 import os
 import time
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 import numpy as np
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
+from jaxleak import launch
+
+_CONFIG, _WORKDIR = launch.define_config_flags()
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False,
                                  "only summarise results.jsonl")
 
@@ -446,23 +445,20 @@ def summarise(cfg, workdir):
 def main(argv):
   del argv
   cfg = _CONFIG.value
-  workdir = _WORKDIR.value or os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), "results", cfg.study)
-  os.makedirs(os.path.join(workdir, "arrays"), exist_ok=True)
-  t0 = time.time()
-  if not _REPORT_ONLY.value:
-    import contextlib  # pylint: disable=g-import-not-at-top
+  workdir = launch.study_workdir(_WORKDIR.value, "arrays",
+                                 script=__file__, study=cfg.study)
 
+  def run():
     from jaxleak.attacks import inversion  # pylint: disable=g-import-not-at-top
     # Few runs share each compiled program here, so quicker compilation
     # (slower steps, the same for every attack) costs less overall.
-    with (inversion.compiler_options(inversion.FAST_COMPILE)
-          if cfg.get("fast_compile") else contextlib.nullcontext()):
+    with inversion.compiler_options(
+        inversion.FAST_COMPILE if cfg.get("fast_compile") else None):
       run_all(cfg, workdir)
-  summarise(cfg, workdir)
-  print(f"done in {time.time() - t0:.0f} s; wrote {workdir}")
+
+  launch.timed_study(workdir, lambda: summarise(cfg, workdir),
+                     None if _REPORT_ONLY.value else run)
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("config")
-  app.run(main)
+  launch.run(main, required=("config",))

@@ -7,13 +7,12 @@ resumes by rerunning the same command. See configs/comparison.py.
 
 import os
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 import numpy as np
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/dp_comparison", "output folder")
+from jaxleak import launch
+
+_CONFIG, _WORKDIR = launch.define_config_flags(workdir_default="runs/dp_comparison")
 _SUMMARISE_ONLY = flags.DEFINE_bool(
     "summarise_only", False,
     "rebuild the tables, plots and report from results.jsonl without training "
@@ -197,8 +196,7 @@ def summarise(rows, cfg, workdir):
 def main(argv):
   del argv
   cfg = _CONFIG.value
-  workdir = _WORKDIR.value
-  os.makedirs(workdir, exist_ok=True)
+  workdir = launch.study_workdir(_WORKDIR.value)
   if _SUMMARISE_ONLY.value:
     from jaxleak import report  # pylint: disable=g-import-not-at-top
     rows = report.read_jsonl(os.path.join(workdir, "results.jsonl"))
@@ -210,4 +208,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run(main, required=("config",))

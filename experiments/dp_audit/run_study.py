@@ -9,12 +9,11 @@ import json
 import os
 import time
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/dp_audit", "output folder")
+from jaxleak import launch
+
+_CONFIG, _WORKDIR = launch.define_config_flags(workdir_default="runs/dp_audit")
 _SUMMARISE_ONLY = flags.DEFINE_bool(
     "summarise_only", False,
     "rebuild results.md/csv and the plot from results.jsonl (and finished "
@@ -130,10 +129,9 @@ def summarise(rows, workdir, cfg):
 
 
 def _plot(table, path):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+  from jaxleak.metrics import figures  # pylint: disable=g-import-not-at-top
+  fig = figures.new_figure((6.4, 4.8), 120)
+  ax = fig.subplots()
   marks = {"one_run": "o", "clopper_pearson": "s", "gdp": "^"}
   colors = {"none": "tab:blue", "half_noise": "tab:red",
             "half_sensitivity": "tab:orange"}
@@ -154,15 +152,13 @@ def _plot(table, path):
   ax.set_title("Gradient-canary audit: above the diagonal = broken", fontsize=9)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  figures.save_figure(fig, path, 120)
 
 
 def main(argv):
   del argv
   cfg = _CONFIG.value
-  workdir = _WORKDIR.value
-  os.makedirs(workdir, exist_ok=True)
+  workdir = launch.study_workdir(_WORKDIR.value)
   import jax  # pylint: disable=g-import-not-at-top
 
   from jaxleak import data  # pylint: disable=g-import-not-at-top
@@ -170,7 +166,7 @@ def main(argv):
   from jaxleak import report  # pylint: disable=g-import-not-at-top
   from jaxleak.auditing import gradient_canaries as gc  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, "results.jsonl")
-  rows = report.read_jsonl(path) if os.path.exists(path) else []
+  rows = report.read_jsonl(path)
   done = {r["key"] for r in rows}
   cells = gradient_cells(cfg)
   background = None
@@ -205,4 +201,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run(main, required=("config",))

@@ -16,13 +16,11 @@ import json
 import os
 import time
 
-from absl import app
-from absl import flags
-from ml_collections import config_flags
 import numpy as np
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
+from jaxleak import launch
+
+_CONFIG, _WORKDIR = launch.define_config_flags()
 
 _APPLY = {}
 
@@ -320,9 +318,8 @@ def main(argv):
   from jaxleak import report  # pylint: disable=g-import-not-at-top
 
   cfg = _CONFIG.value
-  workdir = _WORKDIR.value or os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), "results", "insights")
-  os.makedirs(workdir, exist_ok=True)
+  workdir = launch.study_workdir(_WORKDIR.value, script=__file__,
+                                 study="insights")
   jax.config.update("jax_compilation_cache_dir",
                     os.path.join(workdir, ".jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
@@ -362,5 +359,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("config")
-  app.run(main)
+  launch.run(main, required=("config",))

@@ -14,17 +14,15 @@ prefix-stable). Then ``correlations.md``/``.json``, ``scatter.png`` and
 """
 
 import dataclasses
-import json
 import os
 import time
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 import numpy as np
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
+from jaxleak import launch
+
+_CONFIG, _WORKDIR = launch.define_config_flags()
 _SUMMARY_ONLY = flags.DEFINE_bool("summary_only", False,
                                   "only rebuild the report from results.jsonl")
 
@@ -151,10 +149,7 @@ def fill_missing_predictions(cfg, workdir):
                                    eps=float(e))[0])
     if n % 20 == 0:
       print(f"filled predictions {n + 1}/{len(todo)}", flush=True)
-  with open(path + ".tmp", "w") as f:
-    for r in records:
-      f.write(json.dumps(r) + "\n")
-  os.replace(path + ".tmp", path)
+  report.write_jsonl(path, records)
 
 
 PREDICTORS = ("i2f", "lower_bound", "i2f_expected")
@@ -265,17 +260,16 @@ def cfg_doc(cfg):
 def main(argv):
   del argv
   cfg = _CONFIG.value
-  workdir = _WORKDIR.value or os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), "results", cfg.study)
-  os.makedirs(os.path.join(workdir, "arrays"), exist_ok=True)
-  t0 = time.time()
-  if not _SUMMARY_ONLY.value:
+  workdir = launch.study_workdir(_WORKDIR.value, "arrays",
+                                 script=__file__, study=cfg.study)
+
+  def run():
     run_all(cfg, workdir)
     fill_missing_predictions(cfg, workdir)
-  summarise(cfg, workdir)
-  print(f"done in {time.time() - t0:.0f} s; wrote {workdir}")
+
+  launch.timed_study(workdir, lambda: summarise(cfg, workdir),
+                     None if _SUMMARY_ONLY.value else run)
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("config")
-  app.run(main)
+  launch.run(main, required=("config",))

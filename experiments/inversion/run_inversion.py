@@ -16,15 +16,12 @@ defence and attack), a reconstruction grid per (defence, attack) and
 
 import csv
 import os
-import time
 
-from absl import app
-from absl import flags
-from ml_collections import config_flags
 import numpy as np
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
+from jaxleak import launch
+
+_CONFIG, _WORKDIR = launch.define_config_flags()
 
 METRICS = ("psnr", "ssim", "lpips", "mse", "label_acc", "wall_time_s")
 
@@ -157,15 +154,11 @@ def summarise(cfg, workdir):
 def main(argv):
   del argv
   cfg = _CONFIG.value
-  workdir = _WORKDIR.value or os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), "results", cfg.study)
-  os.makedirs(os.path.join(workdir, "arrays"), exist_ok=True)
-  t0 = time.time()
-  run_all(cfg, workdir)
-  summarise(cfg, workdir)
-  print(f"done in {time.time() - t0:.0f} s; wrote {workdir}")
+  workdir = launch.study_workdir(_WORKDIR.value, "arrays",
+                                 script=__file__, study=cfg.study)
+  launch.timed_study(workdir, lambda: summarise(cfg, workdir),
+                     lambda: run_all(cfg, workdir))
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("config")
-  app.run(main)
+  launch.run(main, required=("config",))

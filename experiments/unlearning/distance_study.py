@@ -26,22 +26,32 @@ retained objective but does not replay the original minibatch sequence:
 
   python experiments/unlearning/distance_study.py \\
       --config experiments/unlearning/configs/logreg.py \\
-      --sweep-dir experiments/unlearning/results/logreg \\
+      --sweep_dir experiments/unlearning/results/logreg \\
       --workdir experiments/unlearning/results/logreg/distance_study/seed0
 
-Uses the sweep's stored training history (``--sweep-dir/seed<s>``); writes
+``--config`` is the sweep's config. Uses the sweep's stored training history
+(``--sweep_dir/seed<s>``); writes
 ``distance_study.json``, ``distance_study.md`` and ``distance_study.png``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import time
 
-# The script's folder is sys.path[0] when it runs, so the sweep is importable.
-from sweep import load_config
+from absl import flags
+
+from jaxleak import launch
+
+_SWEEP_DIR = flags.DEFINE_string(
+    "sweep_dir", None, "the sweep's --workdir (its seed<s> histories are reused)")
+_CONFIG, _WORKDIR = launch.define_config_flags(config_help="the sweep's get_config() file")
+_SEED = flags.DEFINE_integer("seed", 0, "the sweep seed to study")
+_RATIO = flags.DEFINE_float("ratio", 0.3, "the sweep forget ratio to study")
+_STEPS = flags.DEFINE_integer("steps", 16, "contraction iterates k")
+_HVPS = flags.DEFINE_integer("hvps", 12, "Lanczos Hessian-vector products")
+_OTHER_ORDERS = flags.DEFINE_integer(
+    "other_orders", 2, "retrainings with another batch order")
 
 
 def krylov_filter_estimate(matvec, rhs, filters, num_iters):
@@ -60,18 +70,11 @@ def krylov_filter_estimate(matvec, rhs, filters, num_iters):
   return {name: (f(theta) * coeff) @ vectors for name, f in filters.items()}
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--config", required=True)
-  p.add_argument("--sweep-dir", required=True,
-                 help="the sweep's --workdir (its seed<s> histories are reused)")
-  p.add_argument("--workdir", required=True, help="output folder")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--ratio", type=float, default=0.3)
-  p.add_argument("--steps", type=int, default=16)
-  p.add_argument("--hvps", type=int, default=12)
-  p.add_argument("--other-orders", type=int, default=2)
-  args = p.parse_args(argv)
+def main(argv) -> int:
+  del argv
+  cfg, workdir = _CONFIG.value, launch.study_workdir(_WORKDIR.value)
+  seed, ratio = _SEED.value, _RATIO.value
+  steps, hvps, other_orders = _STEPS.value, _HVPS.value, _OTHER_ORDERS.value
 
   import jax  # pylint: disable=g-import-not-at-top
   from jax.flatten_util import ravel_pytree  # pylint: disable=g-import-not-at-top
@@ -85,26 +88,23 @@ def main(argv=None) -> int:
   from jaxleak.metrics import figures  # pylint: disable=g-import-not-at-top
   from jaxleak.unlearning import base  # pylint: disable=g-import-not-at-top
 
-  cfg = load_config(args.config)
-  os.makedirs(args.workdir, exist_ok=True)
   train = data.load(cfg.dataset, "train")
   kwargs = dict(cfg.model_kwargs)
   if "hidden" in kwargs:
     kwargs["hidden"] = tuple(kwargs["hidden"])
   apply_fn, params0 = models.create(cfg.model, train.num_classes,
                                     train.image_shape,
-                                    jax.random.key(args.seed), **kwargs)
+                                    jax.random.key(seed), **kwargs)
   recipe = ul.sgd_recipe(cfg.epochs, cfg.batch_size, cfg.learning_rate,
-                         schedule=cfg.schedule, l2=cfg.l2, seed=args.seed)
+                         schedule=cfg.schedule, l2=cfg.l2, seed=seed)
   history = ul.train_with_history(
       apply_fn, params0, train, recipe, snapshots=cfg.snapshots,
-      workdir=os.path.join(args.sweep_dir, f"seed{args.seed}"),
+      workdir=os.path.join(_SWEEP_DIR.value, f"seed{seed}"),
       on_budget="stride")
   model = ul.Model(apply_fn, history.final_params)
   n = len(train)
   # The sweep's forget set for this (seed, ratio).
-  rng = np.random.default_rng([args.seed, int(round(args.ratio * 1e4))])
-  forget = np.sort(rng.choice(n, int(round(args.ratio * n)), replace=False))
+  forget = ul.random_forget_set(n, ratio, seed, stream=int(round(ratio * 1e4)))
   r = len(forget)
 
   def flat(params):
@@ -117,13 +117,13 @@ def main(argv=None) -> int:
     return float(jnp.linalg.norm(jnp.asarray(w) - w_rt))
 
   t0 = time.perf_counter()
-  res = {"config": cfg.name, "seed": args.seed, "ratio": args.ratio,
+  res = {"config": cfg.name, "seed": seed, "ratio": ratio,
          "num_params": int(w_star.size), "sgd_steps": history.num_steps,
          "original": dist(w_star)}
   res["retrain_other_order"] = [
       dist(flat(ul.retrain(model, history._replace(
           recipe=recipe._replace(seed=1000 + k)), forget, train)))
-      for k in range(args.other_orders)]
+      for k in range(other_orders)]
   dg_kw = dict(cfg.methods.get("deltagrad", {}))
   res["deltagrad"] = dist(flat(ul.deltagrad(model, history, forget, train,
                                             **dg_kw)))
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
   res["mini_iterates"] = {}
   for rho_tau in (0.5, 1.0, 2.0):
     trace = ul.contraction_unlearning(
-        model, history, forget, train, steps=args.steps,
+        model, history, forget, train, steps=steps,
         prox=rho_tau / tau, keep_iterates=True, **mini_kw)
     res["mini_iterates"][f"{rho_tau:g}"] = [dist(w) for w in trace.iterates]
 
@@ -171,16 +171,16 @@ def main(argv=None) -> int:
   filters = {"gd_filter": gd_filter,
              "ridge_1_over_tau": lambda th: 1.0 / (th + 1.0 / tau)}
   estimates = [krylov_filter_estimate(matvec, shift, filters, k)
-               for k in range(1, args.hvps + 1)]
+               for k in range(1, hvps + 1)]
   res["gd_filter_limit"] = [dist(w_star - e["gd_filter"]) for e in estimates]
   res["ridge_limit"] = [dist(w_star - e["ridge_1_over_tau"])
                         for e in estimates]
   res["wall_s"] = time.perf_counter() - t0
-  report.write_json(os.path.join(args.workdir, "distance_study.json"), res)
+  report.write_json(os.path.join(workdir, "distance_study.json"), res)
 
   # Table and figure.
   lines = [f"# Distance to retraining: what bounds a non-replaying unlearner "
-           f"({cfg.name}, seed {args.seed}, ratio {args.ratio})", "",
+           f"({cfg.name}, seed {seed}, ratio {ratio})", "",
            "| reference | ||w - w_retrain|| |", "|---|---|",
            f"| original model w* | {res['original']:.4f} |"]
   for k, d in enumerate(res["retrain_other_order"]):
@@ -193,18 +193,18 @@ def main(argv=None) -> int:
         f"| mini_unlearning, rho = {rho_tau}/tau: k = {k0} (sweep default) / "
         f"k = {len(its) - 1} / best k = {best} | {its[k0]:.4f} / "
         f"{its[-1]:.4f} / {its[best]:.4f} |")
-  lines.append(f"| GD-filter limit at w*, {args.hvps} HVPs (best over k) | "
+  lines.append(f"| GD-filter limit at w*, {hvps} HVPs (best over k) | "
                f"{min(res['gd_filter_limit']):.4f} |")
-  lines.append(f"| ridge 1/tau limit at w*, {args.hvps} HVPs | "
+  lines.append(f"| ridge 1/tau limit at w*, {hvps} HVPs | "
                f"{res['ridge_limit'][-1]:.4f} |")
-  with open(os.path.join(args.workdir, "distance_study.md"), "w") as f:
+  with open(os.path.join(workdir, "distance_study.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   fig = figures.new_figure((6.5, 4), 120)
   ax = fig.subplots()
   for rho_tau, its in res["mini_iterates"].items():
     ax.plot(range(len(its)), its, marker=".",
             label=f"mini_unlearning, rho = {rho_tau}/tau")
-  ax.plot(range(1, args.hvps + 1), res["gd_filter_limit"], marker="x",
+  ax.plot(range(1, hvps + 1), res["gd_filter_limit"], marker="x",
           label="GD-filter limit (k HVPs)")
   ax.axhline(res["deltagrad"], color="k", ls="--", label="deltagrad")
   ax.axhline(float(np.mean(res["retrain_other_order"])), color="grey",
@@ -213,12 +213,12 @@ def main(argv=None) -> int:
   ax.set_ylabel("||w - w_retrain||")
   ax.set_ylim(0, 1.2 * res["original"])
   ax.legend(fontsize=7)
-  ax.set_title(f"{cfg.name}, ratio {args.ratio}, seed {args.seed}")
+  ax.set_title(f"{cfg.name}, ratio {ratio}, seed {seed}")
   fig.tight_layout()
-  figures.save_figure(fig, os.path.join(args.workdir, "distance_study.png"), 120)
+  figures.save_figure(fig, os.path.join(workdir, "distance_study.png"), 120)
   print("\n".join(lines))
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  launch.run(main, required=("config", "sweep_dir", "workdir"))

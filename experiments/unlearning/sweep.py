@@ -2,6 +2,10 @@
 
   python experiments/unlearning/sweep.py \\
       --config experiments/unlearning/configs/cnn_mnist.py --workdir runs/sweep_cnn
+  # fewer seeds / ratios / epochs: config overrides
+  python experiments/unlearning/sweep.py \\
+      --config experiments/unlearning/configs/logreg.py \\
+      --config.seeds='(0,)' --config.ratios='(0.1, 0.3)' --workdir runs/sweep
 
 For every seed the model is trained once with its unlearning history (stored
 in ``OUT/seed<s>``, resumable); for every ratio a random forget set is drawn
@@ -16,46 +20,35 @@ the ratio).
 
 from __future__ import annotations
 
-import argparse
 import csv
-import importlib.util
 import json
 import os
-import sys
 import time
+
+from absl import flags
+
+# jaxleak.launch imports neither jax nor numpy: --devices can still act.
+from jaxleak import launch
 
 COLUMNS = ("test_accuracy", "forget_accuracy", "distance_to_retrain",
            "run_time_s", "wall_time_s", "speedup_vs_retrain", "mia_loss_auc",
            "mia_loss_tpr_at_1pct_fpr", "mia_efficacy", "mia_lira_auc")
 
-
-def load_config(path: str):
-  spec = importlib.util.spec_from_file_location("sweep_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
-def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--config", required=True, help="a file defining get_config()")
-  p.add_argument("--workdir", required=True, help="output folder")
-  p.add_argument("--devices", type=int, default=None,
-                 help="virtual CPU devices to create (before jax starts)")
-  p.add_argument("--seeds", default=None, help="override, e.g. 0,1")
-  p.add_argument("--ratios", default=None, help="override, e.g. 0.1,0.3")
-  p.add_argument("--epochs", type=int, default=None, help="override")
-  p.add_argument("--report-only", action="store_true",
-                 help="only aggregate the cells finished so far")
-  return p.parse_args(argv)
+_CONFIG, _WORKDIR = launch.define_config_flags()
+_DEVICES = flags.DEFINE_integer(
+    "devices", None, "virtual CPU devices to create (before jax starts)")
+_REPORT_ONLY = flags.DEFINE_bool(
+    "report_only", False, "only aggregate the cells finished so far")
 
 
-def main(argv=None) -> int:
-  args = parse_args(argv)
-  if args.devices and args.devices > 1:
+def main(argv) -> int:
+  del argv
+  cfg, workdir = _CONFIG.value, launch.study_workdir(_WORKDIR.value)
+  report_only, devices = _REPORT_ONLY.value, _DEVICES.value
+  if devices and devices > 1:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count="
-                               f"{args.devices}").strip()
+                               f"{devices}").strip()
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
@@ -68,15 +61,7 @@ def main(argv=None) -> int:
   from jaxleak.attacks import membership as mia  # pylint: disable=g-import-not-at-top
   from jaxleak.unlearning import evaluation  # pylint: disable=g-import-not-at-top
 
-  cfg = load_config(args.config)
-  if args.seeds:
-    cfg.seeds = tuple(int(s) for s in args.seeds.split(","))
-  if args.ratios:
-    cfg.ratios = tuple(float(r) for r in args.ratios.split(","))
-  if args.epochs:
-    cfg.epochs = args.epochs
-  os.makedirs(args.workdir, exist_ok=True)
-  with open(os.path.join(args.workdir, "config.json"), "w") as f:
+  with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(cfg.to_dict(), f, indent=2, default=str)
   train = data.load(cfg.dataset, "train")
   test = data.load(cfg.dataset, "test")
@@ -90,8 +75,8 @@ def main(argv=None) -> int:
                          **model_kwargs)
 
   start = time.perf_counter()
-  for seed in ([] if args.report_only else cfg.seeds):
-    seed_dir = os.path.join(args.workdir, f"seed{seed}")
+  for seed in ([] if report_only else cfg.seeds):
+    seed_dir = os.path.join(workdir, f"seed{seed}")
     apply_fn, params0 = create(jax.random.key(seed))
     recipe = ul.sgd_recipe(cfg.epochs, cfg.batch_size, cfg.learning_rate,
                            schedule=cfg.schedule, l2=cfg.l2, seed=seed)
@@ -116,9 +101,8 @@ def main(argv=None) -> int:
       cell = os.path.join(seed_dir, f"ratio{ratio}.json")
       if os.path.exists(cell):
         continue
-      n = len(train)
-      rng = np.random.default_rng([seed, int(round(ratio * 1e4))])
-      forget = np.sort(rng.choice(n, int(round(ratio * n)), replace=False))
+      forget = ul.random_forget_set(len(train), ratio, seed,
+                                    stream=int(round(ratio * 1e4)))
       t0 = time.perf_counter()
       results = evaluation.evaluate_unlearning(
           model, history, forget, train, test, methods, shadows=shadows,
@@ -135,13 +119,13 @@ def main(argv=None) -> int:
   rows = []
   for seed in cfg.seeds:
     for ratio in cfg.ratios:
-      cell = os.path.join(args.workdir, f"seed{seed}", f"ratio{ratio}.json")
+      cell = os.path.join(workdir, f"seed{seed}", f"ratio{ratio}.json")
       if os.path.exists(cell):  # partial sweeps report what is finished
         with open(cell) as f:
           rows.extend(json.load(f)["rows"])
-  write_tables(rows, args.workdir, cfg, np)
+  write_tables(rows, workdir, cfg, np)
   print(f"sweep done in {time.perf_counter() - start:.0f} s; wrote "
-        f"{args.workdir}/table.md, summary.csv, results.csv, sweep.png")
+        f"{workdir}/table.md, summary.csv, results.csv, sweep.png")
   return 0
 
 
@@ -271,4 +255,4 @@ def plot(summary, out, cfg, models_order):
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  launch.run(main)

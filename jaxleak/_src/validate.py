@@ -9,7 +9,8 @@ traced value cannot be inspected without a host sync.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+import inspect
 import math
 from typing import Any
 
@@ -185,18 +186,46 @@ def check_finite_number(value: Any, name: str, *, fn: str | None = None
         f"{_where(fn)}argument '{name}' must be finite, got {value!r}")
 
 
-def check_int(value: Any, name: str, *, fn: str | None = None,
-              low: int = 1) -> int:
-  """Returns `value` as an int; ValueError unless it is an int >= `low`.
+class NotAnIntegerError(TypeError, ValueError):
+  """`check_int` got a non-integer: a TypeError, and a ValueError too, so that
+  callers catching either (the CLI's exit-2 path catches both) see it."""
 
-  Booleans are rejected (``True`` is an int in Python, never a count here).
+
+def _int_phrase(low: int | None, high: int | None) -> str:
+  if low is not None and high is not None:
+    return f"an int in [{low}, {high}]"
+  if low is not None:
+    return "a positive int" if low == 1 else f"an int >= {low}"
+  return f"an int <= {high}" if high is not None else "an int"
+
+
+def check_int(value: Any, name: str, *, fn: str | None = None,
+              low: int | None = 1, high: int | None = None) -> int:
+  """Returns `value` as a Python int, or raises naming the argument.
+
+  The one integer check of jaxleak (counts, sizes, seeds, steps,
+  resolutions). Python and NumPy integers are accepted; booleans (``True``
+  is an int in Python, never a count here) and floats are not.
+
+  Args:
+    value: the value to check.
+    name: the argument name, used in the message.
+    fn: the public function name, used in the message.
+    low: inclusive lower bound (default 1: a positive count), or None.
+    high: inclusive upper bound, or None.
+
+  Raises:
+    NotAnIntegerError: (a TypeError and a ValueError) for a non-integer.
+    ValueError: for an integer outside [low, high].
   """
-  if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-      or int(value) < low):
-    what = "a positive int" if low == 1 else f"an int >= {low}"
-    raise ValueError(
-        f"{_where(fn)}argument '{name}' must be {what}, got {value!r}")
-  return int(value)
+  message = (f"{_where(fn)}argument '{name}' must be "
+             f"{_int_phrase(low, high)}, got {value!r}")
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise NotAnIntegerError(message)
+  v = int(value)
+  if (low is not None and v < low) or (high is not None and v > high):
+    raise ValueError(message)
+  return v
 
 
 def canonical_key(key: Any, fn: str | None = None, *,
@@ -225,3 +254,34 @@ def canonical_key(key: Any, fn: str | None = None, *,
     return jax.random.wrap_key_data(key)  # A legacy PRNGKey.
   raise TypeError(f"{_where(fn)}argument 'key' must be a jax.random.key or an "
                   f"int, got {type(key).__name__}")
+
+
+def check_keywords(target: Any, keywords: Iterable[str], what: str, *,
+                   fn: str | None = None) -> list[str]:
+  """Checks that `keywords` are keyword-only parameters of `target`.
+
+  Registries hand hyper-parameters to a registered builder or method by
+  keyword; an unknown one should fail at the call that names it, listing
+  what the entry accepts.
+
+  Args:
+    target: the callable whose keyword-only parameters are accepted.
+    keywords: the given keyword names.
+    what: the entry, for the message (e.g. ``"model 'mlp'"``).
+    fn: the public function, for the message.
+
+  Returns:
+    The accepted keyword-only parameter names, in signature order.
+
+  Raises:
+    TypeError: naming the unexpected keywords and listing the accepted ones.
+  """
+  accepted = [p.name for p in inspect.signature(target).parameters.values()
+              if p.kind is inspect.Parameter.KEYWORD_ONLY]
+  unknown = sorted(set(keywords) - set(accepted))
+  if unknown:
+    raise TypeError(
+        f"{_where(fn)}{what} got unexpected keyword argument(s) "
+        f"{', '.join(repr(u) for u in unknown)}; accepted: "
+        f"{', '.join(accepted) or 'none'}")
+  return accepted

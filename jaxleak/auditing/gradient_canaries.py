@@ -273,7 +273,7 @@ def simulate_one_run(rule: dp.WeightRule, noise_multiplier: float,
     raise ValueError(f"{fn}: argument 'num_canaries'={num_canaries} exceeds "
                      f"the {d} model parameters; one-run canaries need "
                      "orthogonal directions (use a larger model or fewer)")
-  key = jax.random.key(key) if isinstance(key, int) else key
+  key = validate.canonical_key(key, fn)
   dir_key, inc_key, run_key = jax.random.split(key, 3)
   directions = _disjoint_directions(dir_key, num_canaries, d)
   include = _inclusion(inc_key, num_canaries)
@@ -296,7 +296,7 @@ def simulate_many_runs(rule: dp.WeightRule, noise_multiplier: float,
   fn = "simulate_many_runs"
   _check_common(rule, noise_multiplier, num_canaries, config, fn)
   validate.check_positive(chunk_size, "chunk_size", fn=fn)
-  key = jax.random.key(key) if isinstance(key, int) else key
+  key = validate.canonical_key(key, fn)
   inc_key, runs_key = jax.random.split(key)
   include = _inclusion(inc_key, num_canaries)
   d = background.grads.shape[1]

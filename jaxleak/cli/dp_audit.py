@@ -150,11 +150,11 @@ def _rule(args):
 
 
 def _histogram(in_scores, out_scores, path, title, xlabel) -> str:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+
+  from jaxleak.metrics import figures  # pylint: disable=g-import-not-at-top
+  fig = figures.new_figure((6.4, 4.0), 120)
+  ax = fig.subplots()
   lo = float(min(in_scores.min(), out_scores.min()))
   hi = float(max(in_scores.max(), out_scores.max()))
   bins = np.linspace(lo, hi if hi > lo else lo + 1, 50)
@@ -165,9 +165,7 @@ def _histogram(in_scores, out_scores, path, title, xlabel) -> str:
   ax.set_title(title, fontsize=9)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
-  return path
+  return figures.save_figure(fig, path, 120)
 
 
 def _gradient_scores(args, rule, workdir):

@@ -71,17 +71,16 @@ def _train(args, workdir: str) -> int:
     print(f"resumed from step {result.resumed_from}")
 
   history = result.history
-  epochs = [h["epoch"] for h in history]
-  curve_path = metrics.save_curves(
-      {"train loss": (epochs, [h["train_loss"] for h in history]),
-       "test loss": (epochs, [h["test_loss"] for h in history])},
-      os.path.join(workdir, "learning_curve.png"), xlabel="epoch",
-      ylabel="cross-entropy", title=f"{args.model} on {args.dataset}")
-  acc_path = metrics.save_curves(
-      {"train accuracy": (epochs, [h["train_accuracy"] for h in history]),
-       "test accuracy": (epochs, [h["test_accuracy"] for h in history])},
-      os.path.join(workdir, "accuracy_curve.png"), xlabel="epoch",
-      ylabel="accuracy", title=f"{args.model} on {args.dataset}")
+  title = f"{args.model} on {args.dataset}"
+  curve_path = metrics.save_history_curves(
+      history, "epoch", {"train loss": "train_loss", "test loss": "test_loss"},
+      os.path.join(workdir, "learning_curve.png"), ylabel="cross-entropy",
+      title=title)
+  acc_path = metrics.save_history_curves(
+      history, "epoch", {"train accuracy": "train_accuracy",
+                         "test accuracy": "test_accuracy"},
+      os.path.join(workdir, "accuracy_curve.png"), ylabel="accuracy",
+      title=title)
   summary = {
       "test_accuracy": result.test_accuracy,
       "final_train_loss": history[-1]["train_loss"] if history else None,

@@ -179,7 +179,6 @@ def run(args) -> int:
 def _unlearn(args, methods: list[str], workdir: str) -> int:
   """`run` once the arguments and the workdir are checked."""
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
 
   from jaxleak import report  # pylint: disable=g-import-not-at-top
   from jaxleak import sharding  # pylint: disable=g-import-not-at-top
@@ -203,11 +202,10 @@ def _unlearn(args, methods: list[str], workdir: str) -> int:
   model = ul.Model(apply_fn, history.final_params)
   quality = _check_quality(apply_fn, history.final_params, train, test)
 
-  n = len(train)
-  r = int(round(args.ratio * n))
   fseed = args.seed if args.forget_seed is None else args.forget_seed
-  forget = np.sort(np.random.default_rng([fseed, 7]).choice(n, r,
-                                                              replace=False))
+  n = len(train)
+  forget = ul.random_forget_set(n, args.ratio, fseed)
+  r = len(forget)
   devices = min(args.devices or jax.device_count(), jax.device_count())
   mesh = sharding.data_mesh(devices)
   kwargs = _method_kwargs(args)

@@ -132,9 +132,7 @@ def save_user_figure(batch: np.ndarray, reps: np.ndarray, path: str, *,
   """The user's batch (a grid) with its representative(s) at the right."""
   import math  # pylint: disable=g-import-not-at-top
 
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import figure  # pylint: disable=g-import-not-at-top
+  from jaxleak.metrics import figures  # pylint: disable=g-import-not-at-top
 
   b = batch.shape[0]
   ncol = min(10, b)
@@ -145,8 +143,8 @@ def save_user_figure(batch: np.ndarray, reps: np.ndarray, path: str, *,
     r, q = divmod(i, ncol)
     grid[r * (h + 1):r * (h + 1) + h, q * (w + 1):q * (w + 1) + w] = batch[i]
   k = reps.shape[0]
-  fig = figure.Figure(figsize=(ncol * 0.45 + 1.6 * k + 0.4,
-                               max(nrow * 0.45, 1.6) + 0.5), dpi=120)
+  fig = figures.new_figure((ncol * 0.45 + 1.6 * k + 0.4,
+                            max(nrow * 0.45, 1.6) + 0.5), 120)
   axes = fig.subplots(1, 1 + k, squeeze=False,
                       gridspec_kw={"width_ratios": [ncol * 0.45] + [1.6] * k})
   cmap = "gray" if c == 1 else None
@@ -163,9 +161,7 @@ def save_user_figure(batch: np.ndarray, reps: np.ndarray, path: str, *,
     ax.set_xticks([])
     ax.set_yticks([])
   fig.suptitle(title, fontsize=8)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, bbox_inches="tight")
-  return path
+  return figures.save_figure(fig, path, 120, tight=True)
 
 
 def run(args, attack_fn, kwargs: dict, defence: tuple[str, dict]) -> int:

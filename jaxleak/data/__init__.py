@@ -21,6 +21,7 @@ from jaxleak.data.batching import PoissonSampler
 from jaxleak.data.dataset import Dataset
 from jaxleak.data.loaders import available
 from jaxleak.data.loaders import DatasetNotFoundError
+from jaxleak.data.loaders import DATASETS
 from jaxleak.data.loaders import default_data_dir
 from jaxleak.data.loaders import EMBEDDED
 from jaxleak.data.loaders import load
@@ -30,6 +31,7 @@ __all__ = (
     "Dataset",
     "load",
     "available",
+    "DATASETS",
     "EMBEDDED",
     "SAMPLE_IMAGE_NAMES",
     "DatasetNotFoundError",

@@ -16,7 +16,6 @@ import warnings
 import numpy as np
 
 from jaxleak._src import validate
-from jaxleak.data import _checks
 from jaxleak.data.dataset import as_arrays
 from jaxleak.data.dataset import Dataset
 
@@ -39,8 +38,8 @@ def num_batches(n: int, batch_size: int, drop_remainder: bool = True) -> int:
   Raises:
     ValueError, TypeError: if `n` or `batch_size` is not a valid integer.
   """
-  n = _checks.check_int(n, "n", fn="num_batches", low=0)
-  batch_size = _checks.check_int(batch_size, "batch_size", fn="num_batches",
+  n = validate.check_int(n, "n", fn="num_batches", low=0)
+  batch_size = validate.check_int(batch_size, "batch_size", fn="num_batches",
                                  low=1)
   return n // batch_size if drop_remainder else -(-n // batch_size)
 
@@ -56,9 +55,9 @@ def epoch_permutation(n: int, *, seed: int, epoch: int = 0) -> np.ndarray:
   Returns:
     int64 array [n], a function of (n, seed, epoch) only.
   """
-  n = _checks.check_int(n, "n", fn="epoch_permutation", low=0)
-  seed = _checks.check_int(seed, "seed", fn="epoch_permutation", low=0)
-  epoch = _checks.check_int(epoch, "epoch", fn="epoch_permutation", low=0)
+  n = validate.check_int(n, "n", fn="epoch_permutation", low=0)
+  seed = validate.check_int(seed, "seed", fn="epoch_permutation", low=0)
+  epoch = validate.check_int(epoch, "epoch", fn="epoch_permutation", low=0)
   return np.random.default_rng([seed, epoch]).permutation(n)
 
 
@@ -100,10 +99,10 @@ def batches(dataset_or_arrays: Dataset | Sequence[np.ndarray],
   fn = "batches"
   arrays = as_arrays(dataset_or_arrays, fn=fn, name="dataset_or_arrays")
   n = arrays[0].shape[0]
-  batch_size = _checks.check_int(batch_size, "batch_size", fn=fn, low=1)
-  seed = _checks.check_int(seed, "seed", fn=fn, low=0)
-  epoch = _checks.check_int(epoch, "epoch", fn=fn, low=0)
-  start_batch = _checks.check_int(start_batch, "start_batch", fn=fn, low=0)
+  batch_size = validate.check_int(batch_size, "batch_size", fn=fn, low=1)
+  seed = validate.check_int(seed, "seed", fn=fn, low=0)
+  epoch = validate.check_int(epoch, "epoch", fn=fn, low=0)
+  start_batch = validate.check_int(start_batch, "start_batch", fn=fn, low=0)
   if drop_remainder and batch_size > n:
     raise ValueError(
         f"{fn}: argument 'batch_size' ({batch_size}) exceeds the number of "
@@ -150,7 +149,7 @@ def default_max_batch_size(n: int, sample_rate: float,
     ValueError, TypeError: for out-of-range arguments.
   """
   fn = "default_max_batch_size"
-  n = _checks.check_int(n, "n", fn=fn, low=1)
+  n = validate.check_int(n, "n", fn=fn, low=1)
   validate.check_in_range(sample_rate, "sample_rate", 0.0, 1.0, fn=fn,
                           inclusive=(False, True))
   validate.check_in_range(tail_prob, "tail_prob", 0.0, 1.0, fn=fn,
@@ -194,12 +193,12 @@ def poisson_batch_indices(n: int, sample_rate: float, *, seed: int, step: int,
     ValueError: on overflow with on_overflow="raise", or invalid arguments.
   """
   fn = "poisson_batch_indices"
-  n = _checks.check_int(n, "n", fn=fn, low=1)
+  n = validate.check_int(n, "n", fn=fn, low=1)
   validate.check_in_range(sample_rate, "sample_rate", 0.0, 1.0, fn=fn,
                           inclusive=(False, True))
-  seed = _checks.check_int(seed, "seed", fn=fn, low=0)
-  step = _checks.check_int(step, "step", fn=fn, low=0)
-  max_batch_size = _checks.check_int(max_batch_size, "max_batch_size", fn=fn,
+  seed = validate.check_int(seed, "seed", fn=fn, low=0)
+  step = validate.check_int(step, "step", fn=fn, low=0)
+  max_batch_size = validate.check_int(max_batch_size, "max_batch_size", fn=fn,
                                      low=1)
   validate.check_choice(on_overflow, "on_overflow", ("raise", "truncate"),
                         fn=fn)
@@ -277,7 +276,7 @@ class PoissonSampler:
         are given, or an argument is out of range.
     """
     fn = "PoissonSampler"
-    self._n = _checks.check_int(n, "n", fn=fn, low=1)
+    self._n = validate.check_int(n, "n", fn=fn, low=1)
     if (sample_rate is None) == (expected_batch_size is None):
       raise ValueError(
           f"{fn}: give exactly one of argument 'sample_rate' or argument "
@@ -290,14 +289,14 @@ class PoissonSampler:
     validate.check_in_range(sample_rate, "sample_rate", 0.0, 1.0, fn=fn,
                             inclusive=(False, True))
     self._q = float(sample_rate)
-    self._seed = _checks.check_int(seed, "seed", fn=fn, low=0)
-    self.step = _checks.check_int(step, "step", fn=fn, low=0)
+    self._seed = validate.check_int(seed, "seed", fn=fn, low=0)
+    self.step = validate.check_int(step, "step", fn=fn, low=0)
     validate.check_choice(on_overflow, "on_overflow", ("raise", "truncate"),
                           fn=fn)
     self._on_overflow = on_overflow
     if max_batch_size is None:
       max_batch_size = default_max_batch_size(self._n, self._q, tail_prob)
-    self._max_batch_size = _checks.check_int(max_batch_size, "max_batch_size",
+    self._max_batch_size = validate.check_int(max_batch_size, "max_batch_size",
                                              fn=fn, low=1)
 
   @property
@@ -323,7 +322,7 @@ class PoissonSampler:
 
   def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
     """Returns `(indices, mask)` for `step`; does not change `self.step`."""
-    step = _checks.check_int(step, "step", fn="PoissonSampler.batch", low=0)
+    step = validate.check_int(step, "step", fn="PoissonSampler.batch", low=0)
     return _poisson(self._n, self._q, self._seed, step, self._max_batch_size,
                     self._on_overflow)
 
@@ -351,9 +350,9 @@ class PoissonSampler:
           f"{fn}: argument 'state' must be a dict with keys 'seed' and "
           f"'step', got {state!r}")
     # Checkpoint formats may hand back NumPy scalars or 0-d arrays.
-    seed = _checks.check_int(np.asarray(state["seed"]).item(), "state['seed']",
+    seed = validate.check_int(np.asarray(state["seed"]).item(), "state['seed']",
                              fn=fn, low=0)
-    step = _checks.check_int(np.asarray(state["step"]).item(), "state['step']",
+    step = validate.check_int(np.asarray(state["step"]).item(), "state['step']",
                              fn=fn, low=0)
     self._seed, self.step = seed, step
 
@@ -449,9 +448,9 @@ def partition_users(dataset: Dataset, users: int,
         f"{fn}: argument 'dataset' must be a jaxleak.data.Dataset, got "
         f"{type(dataset).__name__}")
   n = len(dataset)
-  users = _checks.check_int(users, "users", fn=fn, low=1, high=n)
+  users = validate.check_int(users, "users", fn=fn, low=1, high=n)
   validate.check_choice(mode, "mode", USER_MODES, fn=fn)
-  seed = _checks.check_int(seed, "seed", fn=fn, low=0)
+  seed = validate.check_int(seed, "seed", fn=fn, low=0)
   validate.check_in_range(share, "share", 0.0, 1.0, fn=fn,
                           inclusive=(False, True))
   if batch_size is None and mode == "dominant":
@@ -465,7 +464,7 @@ def partition_users(dataset: Dataset, users: int,
       perm = perm[np.argsort(dataset.labels[perm], kind="stable")]
     chunks = np.array_split(perm, users)
   else:
-    batch_size = _checks.check_int(batch_size, "batch_size", fn=fn, low=1)
+    batch_size = validate.check_int(batch_size, "batch_size", fn=fn, low=1)
     if users * batch_size > n:
       raise ValueError(
           f"{fn}: argument 'users' ({users}) x argument 'batch_size' "

@@ -29,7 +29,6 @@ import numpy as np
 
 from jaxleak._src import validate
 from jaxleak._src.registry import Registry
-from jaxleak.data import _checks
 from jaxleak.data.dataset import Dataset
 
 EMBEDDED: tuple[str, ...] = ("digits", "mnist_subset", "sample_images",
@@ -82,8 +81,13 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 def available() -> tuple[str, ...]:
-  """Returns the names of the embedded (always offline) datasets."""
-  return EMBEDDED
+  """The names `load` serves offline: `DATASETS`, in registration order.
+
+  The built-in ones are `EMBEDDED`; ``DATASETS.register(name, raw_loader)``
+  adds more (register before the first `load` of that name: loads are
+  cached by name).
+  """
+  return tuple(DATASETS)
 
 
 def default_data_dir(data_dir: str | os.PathLike[str] | None = None) -> str:
@@ -170,9 +174,9 @@ def load(name: str, split: str = "train",
   if not isinstance(split, str):
     raise TypeError(f"{_FN}: argument 'split' must be a str, got {split!r}")
   if resolution is not None:
-    resolution = _checks.check_int(resolution, "resolution", fn=_FN,
+    resolution = validate.check_int(resolution, "resolution", fn=_FN,
                                    low=MIN_RESOLUTION, high=MAX_RESOLUTION)
-  if name in EMBEDDED:
+  if name in DATASETS:
     validate.check_choice(split, "split", SPLITS, fn=_FN)
     if name == "sample_images":
       # Normalise so equivalent requests share one cache entry.
@@ -342,8 +346,9 @@ def _raw_lfw_faces() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
   return images, np.zeros((100,), np.int32), ("face",)
 
 
-# Embedded datasets by name: raw_loader(resolution) -> (images, labels,
-# class_names); None means native size. EMBEDDED lists them in display order.
+# Offline datasets by name: raw_loader(resolution) -> (images, labels,
+# class_names) with images float32 NHWC in [0, 1]; None means native size.
+# EMBEDDED lists the built-in ones in display order.
 DATASETS: Registry[Callable[[int | None], tuple[np.ndarray, np.ndarray,
                                                 tuple[str, ...]]]] = Registry(
     "dataset", {
@@ -396,7 +401,7 @@ def _load_embedded(name: str, split: str, resolution: int | None) -> Dataset:
 
 def _not_found(name: str, data_dir: str, reason: str, *,
                buildable: bool = True) -> DatasetNotFoundError:
-  embedded = ", ".join(EMBEDDED)
+  embedded = ", ".join(available())
   build = (f"prepare it first, e.g. `tfds build {name.split(':')[0]} "
            f"--data_dir={shlex.quote(data_dir)} --file_format=array_record`, "
            "or "

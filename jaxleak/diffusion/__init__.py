@@ -26,6 +26,8 @@ from jaxleak.diffusion.prior import generate
 from jaxleak.diffusion.prior import load_prior
 from jaxleak.diffusion.prior import Prior
 from jaxleak.diffusion.prior import PriorError
+from jaxleak.diffusion.prior import PRIORS
+from jaxleak.diffusion.prior import random_prior
 from jaxleak.diffusion.prior import save_prior
 from jaxleak.diffusion.sampling import ddim_sample
 from jaxleak.diffusion.sampling import ddim_step_fn
@@ -118,8 +120,10 @@ __all__ = (
     "PriorError",
     "FORMATS",
     "assets_dir",
+    "PRIORS",
     "available_priors",
     "load_prior",
+    "random_prior",
     "save_prior",
     "generate",
     # evaluation

@@ -15,7 +15,10 @@ channels and classes. Priors are stored in one of two folder formats:
 
 jaxleak ships small priors trained with ``jaxleak train-prior`` as package
 assets (``jaxleak/assets/priors/<name>``); `load_prior("mnist")` loads one by
-name and `available_priors()` lists them. Loading never touches the network.
+name and `available_priors()` lists them. Named priors live in `PRIORS`, the
+same `Registry` as every other jaxleak registry: ``PRIORS.register("mine",
+"/path/to/prior")`` makes ``load_prior("mine")`` (and every attack's
+``prior="mine"``) load that folder. Loading never touches the network.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import numpy as np
 
 from jaxleak import checkpoint as checkpoint_lib
 from jaxleak._src import validate
+from jaxleak._src.registry import Registry
 from jaxleak.diffusion import sampling
 from jaxleak.diffusion import schedule as schedule_lib
 from jaxleak.diffusion import unet as unet_lib
@@ -45,9 +49,11 @@ __all__ = (
     "PriorError",
     "FORMATS",
     "PRIOR_FILE",
+    "PRIORS",
     "assets_dir",
     "available_priors",
     "load_prior",
+    "random_prior",
     "save_prior",
     "generate",
 )
@@ -125,13 +131,28 @@ def assets_dir() -> pathlib.Path:
   return pathlib.Path(__file__).resolve().parent.parent / "assets" / "priors"
 
 
-def available_priors() -> tuple[str, ...]:
-  """Names of the shipped priors (folders with a jaxleak_prior.json)."""
+def _is_folder_path(entry: Any) -> bool:
+  return isinstance(entry, (str, os.PathLike))
+
+
+def _shipped() -> dict[str, pathlib.Path]:
   root = assets_dir()
   if not root.is_dir():
-    return ()
-  return tuple(sorted(p.name for p in root.iterdir()
-                      if (p / PRIOR_FILE).is_file()))
+    return {}
+  return {p.name: p for p in sorted(root.iterdir())
+          if (p / PRIOR_FILE).is_file()}
+
+
+PRIORS: Registry[str | os.PathLike] = Registry(
+    "prior", _shipped(), check=_is_folder_path,
+    requirement="a prior folder path (str or os.PathLike)")
+"""Named prior folders (`available()`, `get(name)`, `register(name, path)`);
+the shipped priors are registered under their folder names."""
+
+
+def available_priors() -> tuple[str, ...]:
+  """Names of the registered priors (``PRIORS.available()``), sorted."""
+  return tuple(PRIORS.available())
 
 
 def _resolve(name_or_path: str | os.PathLike) -> pathlib.Path:
@@ -144,13 +165,13 @@ def _resolve(name_or_path: str | os.PathLike) -> pathlib.Path:
   if path.is_dir():
     return path
   name = _ALIASES.get(str(name_or_path), str(name_or_path))
-  if name in available_priors():
-    return assets_dir() / name
+  if name in PRIORS:
+    return pathlib.Path(os.fspath(PRIORS.get(name))).expanduser()
   names = ", ".join(repr(n) for n in available_priors()) or "(none installed)"
   aliases = ", ".join(f"{a!r} -> {t!r}" for a, t in sorted(_ALIASES.items()))
   raise FileNotFoundError(
       f"{fn}: argument 'name_or_path'={os.fspath(name_or_path)!r} is neither "
-      f"a shipped prior nor a folder. Available priors: {names} (aliases: "
+      f"a registered prior nor a folder. Available priors: {names} (aliases: "
       f"{aliases}); or pass a folder written by save_prior or diffusers' "
       "save_pretrained.")
 
@@ -228,8 +249,8 @@ def load_prior(name_or_path: str | os.PathLike) -> Prior:
   """Loads a shipped prior by name, or a prior folder from disk (offline).
 
   Args:
-    name_or_path: a shipped prior name (see `available_priors()`; aliases
-      "mnist" and "faces" work), or a folder written by `save_prior`, or a
+    name_or_path: a registered prior name (see `available_priors()`;
+      aliases "mnist" and "faces" work), or a folder written by `save_prior`, or a
       diffusers Flax `save_pretrained` UNet folder.
 
   Returns:
@@ -351,6 +372,34 @@ def _abstract_params(spec: UNetSpec) -> Any:
 
 
 # -- sampling --------------------------------------------------------------------
+
+
+def random_prior(spec: UNetSpec, *, name: str = "random", seed: int = 0,
+                 std: float = 0.05,
+                 schedule: NoiseSchedule | None = None) -> Prior:
+  """An untrained prior: `spec`'s UNet with i.i.d. ``N(0, std^2)`` weights.
+
+  No parameter is initialised by the network's own initialisers: each leaf,
+  in tree order, takes the next ``std * standard_normal`` draws of
+  ``numpy.random.default_rng(seed)``, so the weights are the same on every
+  backend. Cheap stand-ins for tests, benchmarks and compile-time scaling.
+
+  Args:
+    spec: the architecture.
+    name: the prior's name.
+    seed: numpy seed of the weights.
+    std: weight standard deviation.
+    schedule: the noise schedule (default: DDPM linear, T = 1000).
+  """
+  shapes = jax.eval_shape(lambda k: unet_lib.init_unet(spec, k),
+                          jax.random.key(0))
+  rng = np.random.default_rng(seed)
+  params = jax.tree.map(
+      lambda s: jnp.asarray(std * rng.standard_normal(s.shape), s.dtype),
+      shapes)
+  return Prior(name, spec, params,
+               schedule if schedule is not None
+               else schedule_lib.linear_schedule(1000))
 
 
 def generate(prior: Prior, key: jax.Array, num_samples: int, *,

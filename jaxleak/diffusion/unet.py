@@ -157,12 +157,12 @@ class UNetSpec:
     object.__setattr__(self, "attention", tuple(bool(a) for a in attention))
     if self.mid_attention is None:
       object.__setattr__(self, "mid_attention", cond)
-    _check_int(self.resolution, "resolution", fn, MIN_RESOLUTION, MAX_RESOLUTION)
-    _check_int(self.channels, "channels", fn, 1, 64)
-    _check_int(self.layers_per_block, "layers_per_block", fn, 1, 16)
-    _check_int(self.num_classes, "num_classes", fn, 0, 1_000_000)
-    _check_int(self.cross_attention_dim, "cross_attention_dim", fn, 1, 8192)
-    _check_int(self.attention_heads, "attention_heads", fn, 1, 1024)
+    for name, low, high in (("resolution", MIN_RESOLUTION, MAX_RESOLUTION),
+                            ("channels", 1, 64), ("layers_per_block", 1, 16),
+                            ("num_classes", 0, 1_000_000),
+                            ("cross_attention_dim", 1, 8192),
+                            ("attention_heads", 1, 1024)):
+      validate.check_int(getattr(self, name), name, fn=fn, low=low, high=high)
     levels = len(self.block_out_channels)
     if levels < 1:
       raise ValueError(f"{fn}: argument 'block_out_channels' must be non-empty")
@@ -244,12 +244,6 @@ class UNetSpec:
       if k in d:
         d[k] = tuple(d[k])
     return cls(**d)
-
-
-def _check_int(value: Any, name: str, fn: str, low: int, high: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"{fn}: argument '{name}' must be an int, got {value!r}")
-  validate.check_in_range(value, name, low, high, fn=fn)
 
 
 @functools.lru_cache(maxsize=64)

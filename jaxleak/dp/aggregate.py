@@ -333,11 +333,16 @@ def _finish(aggregate, learning_rate, momentum, accumulation_steps=1,
       optax.chain(*tail), lambda step: step % k == k - 1))
 
 
-def _aggregate_kwargs(expected_batch_size, accumulation_steps, path,
-                      microbatch_size):
-  return {"expected_batch_size": expected_batch_size,
-          "accumulation_steps": accumulation_steps, "path": path,
-          "microbatch_size": microbatch_size}
+def _rule_optimizer(rule, noise_multiplier, key, learning_rate, momentum,
+                    accumulation_steps, expected_batch_size, path,
+                    microbatch_size):
+  """`dp_aggregate` with `rule`, then the `_finish` tail: the four named
+  optimizers differ only in their weight rule (and `dp_psasc`'s momentum)."""
+  aggregate = dp_aggregate(rule, noise_multiplier, key,
+                           expected_batch_size=expected_batch_size,
+                           accumulation_steps=accumulation_steps, path=path,
+                           microbatch_size=microbatch_size)
+  return _finish(aggregate, learning_rate, momentum, accumulation_steps)
 
 
 def dp_sgd(learning_rate: optax.ScalarOrSchedule, l2_norm_clip: float,
@@ -352,11 +357,10 @@ def dp_sgd(learning_rate: optax.ScalarOrSchedule, l2_norm_clip: float,
   ``microbatch_size`` of `dp_aggregate`; their ``update`` accepts per-example
   gradients or ``updates=None`` with ``loss_fn=`` and ``batch=``.
   """
-  return _finish(dp_aggregate(weights_lib.clip(l2_norm_clip), noise_multiplier,
-                              key, **_aggregate_kwargs(expected_batch_size,
-                                                 accumulation_steps, path,
-                                                 microbatch_size)),
-                 learning_rate, momentum, accumulation_steps)
+  rule = weights_lib.clip(l2_norm_clip)
+  return _rule_optimizer(rule, noise_multiplier, key,
+                         learning_rate, momentum, accumulation_steps,
+                         expected_batch_size, path, microbatch_size)
 
 
 def dp_auto_s(learning_rate: optax.ScalarOrSchedule, noise_multiplier: float,
@@ -366,12 +370,10 @@ def dp_auto_s(learning_rate: optax.ScalarOrSchedule, noise_multiplier: float,
               path: str = "auto", microbatch_size: int | None = None
               ) -> optax.GradientTransformationExtraArgs:
   """Auto-S / NSGD: ``w = C / (||g|| + gamma)``, noise, SGD step."""
-  return _finish(dp_aggregate(weights_lib.auto_s(l2_norm_clip, gamma),
-                              noise_multiplier, key,
-                              **_aggregate_kwargs(expected_batch_size,
-                                                 accumulation_steps, path,
-                                                 microbatch_size)),
-                 learning_rate, momentum, accumulation_steps)
+  rule = weights_lib.auto_s(l2_norm_clip, gamma)
+  return _rule_optimizer(rule, noise_multiplier, key,
+                         learning_rate, momentum, accumulation_steps,
+                         expected_batch_size, path, microbatch_size)
 
 
 def dp_psac(learning_rate: optax.ScalarOrSchedule, noise_multiplier: float,
@@ -381,12 +383,10 @@ def dp_psac(learning_rate: optax.ScalarOrSchedule, noise_multiplier: float,
             path: str = "auto", microbatch_size: int | None = None
             ) -> optax.GradientTransformationExtraArgs:
   """DP-PSAC: ``w = C / (||g|| + r / (||g|| + r))``, noise, SGD step."""
-  return _finish(dp_aggregate(weights_lib.psac(l2_norm_clip, r),
-                              noise_multiplier, key,
-                              **_aggregate_kwargs(expected_batch_size,
-                                                 accumulation_steps, path,
-                                                 microbatch_size)),
-                 learning_rate, momentum, accumulation_steps)
+  rule = weights_lib.psac(l2_norm_clip, r)
+  return _rule_optimizer(rule, noise_multiplier, key,
+                         learning_rate, momentum, accumulation_steps,
+                         expected_batch_size, path, microbatch_size)
 
 
 def dp_psasc(learning_rate: optax.ScalarOrSchedule, noise_multiplier: float,
@@ -403,9 +403,7 @@ def dp_psasc(learning_rate: optax.ScalarOrSchedule, noise_multiplier: float,
   privacy. ``momentum=None`` gives the plain DP-PSASC step. Note the noise std
   is ``noise_multiplier * C / s`` (the rule's sensitivity).
   """
-  return _finish(dp_aggregate(weights_lib.psasc(l2_norm_clip, r, s),
-                              noise_multiplier, key,
-                              **_aggregate_kwargs(expected_batch_size,
-                                                 accumulation_steps, path,
-                                                 microbatch_size)),
-                 learning_rate, momentum, accumulation_steps)
+  rule = weights_lib.psasc(l2_norm_clip, r, s)
+  return _rule_optimizer(rule, noise_multiplier, key,
+                         learning_rate, momentum, accumulation_steps,
+                         expected_batch_size, path, microbatch_size)

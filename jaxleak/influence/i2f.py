@@ -175,10 +175,6 @@ def _check_solver_args(fn: str, eps: Any, solver: str, tol: Any,
                      f"None, got {maxiter!r}")
 
 
-def _check_int(fn: str, value: Any, name: str) -> int:
-  return validate.check_int(value, name, fn=fn)
-
-
 # ----------------------------------------------------------------------------
 # Eigen-solvers on a symmetric PSD operator in input space.
 
@@ -480,7 +476,7 @@ def i2f_lower_bound(apply_fn: ApplyFn, params: Any, x: Any, y: Any,
   validate.check_choice(method, "method", EIG_METHODS, fn=fn)
   if num_iters is None:
     num_iters = 30 if method == "lanczos" else 100
-  num_iters = _check_int(fn, num_iters, "num_iters")
+  num_iters = validate.check_int(num_iters, "num_iters", fn=fn)
   x, delta = _check_inputs(fn, params, x, y, delta, loss_fn)
   y = y if loss_fn is not None else jnp.asarray(y, jnp.int32)
   bound, jd, lam = _lower_bound_core(apply_fn, params, x, y, delta,
@@ -513,13 +509,13 @@ def jacobian_spectrum(apply_fn: ApplyFn, params: Any, x: Any, y: Any, k: int,
   """
   fn = "jacobian_spectrum"
   x, _ = _check_inputs(fn, params, x, y, None, loss_fn)
-  k = _check_int(fn, k, "k")
+  k = validate.check_int(k, "k", fn=fn)
   if k > x.size:
     raise ValueError(f"{fn}: argument 'k' must be at most x.size = {x.size}, "
                      f"got {k}")
   if num_iters is None:
     num_iters = min(x.size, max(2 * k + 20, 40))
-  num_iters = _check_int(fn, num_iters, "num_iters")
+  num_iters = validate.check_int(num_iters, "num_iters", fn=fn)
   if num_iters < k:
     raise ValueError(f"{fn}: argument 'num_iters' must be >= k = {k}, got "
                      f"{num_iters}")
@@ -570,7 +566,7 @@ def i2f_expectation(apply_fn: ApplyFn, params: Any, x: Any, y: Any,
   validate.check_positive(noise_std, "noise_std", fn=fn, allow_zero=True)
   _check_solver_args(fn, eps, "cg", tol, maxiter)
   validate.check_choice(form, "form", ("damped", "trace"), fn=fn)
-  num_probes = _check_int(fn, num_probes, "num_probes")
+  num_probes = validate.check_int(num_probes, "num_probes", fn=fn)
   key = validate.canonical_key(key, fn)
   x, _ = _check_inputs(fn, params, x, y, None, loss_fn)
   y = y if loss_fn is not None else jnp.asarray(y, jnp.int32)

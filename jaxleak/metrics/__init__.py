@@ -10,6 +10,7 @@ matplotlib is only imported when a figure is saved.
 
 from jaxleak.metrics.figures import save_comparison_grid
 from jaxleak.metrics.figures import save_curves
+from jaxleak.metrics.figures import save_history_curves
 from jaxleak.metrics.figures import save_image_grid
 from jaxleak.metrics.image import image_metrics
 from jaxleak.metrics.image import match_batch
@@ -30,6 +31,7 @@ __all__ = (
     "psnr",
     "save_comparison_grid",
     "save_curves",
+    "save_history_curves",
     "save_image_grid",
     "ssim",
 )

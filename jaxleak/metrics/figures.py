@@ -39,13 +39,18 @@ def new_figure(figsize: tuple[float, float], dpi: int):
   return fig
 
 
-def save_figure(fig, path: PathLike, dpi: int) -> str:
-  """Writes a `new_figure` figure as PNG (parent folders created); the path."""
+def save_figure(fig, path: PathLike, dpi: int, *, tight: bool = False) -> str:
+  """Writes a `new_figure` figure as PNG (parent folders created); the path.
+
+  With `tight`, the saved area is cropped to what is drawn
+  (``bbox_inches="tight"``).
+  """
   path = os.fspath(path)
   parent = os.path.dirname(path)
   if parent:
     os.makedirs(parent, exist_ok=True)
-  fig.savefig(path, format="png", dpi=dpi)
+  fig.savefig(path, format="png", dpi=dpi,
+              bbox_inches="tight" if tight else None)
   return path
 
 
@@ -266,3 +271,25 @@ def save_curves(curves: Mapping[str, tuple[Any, Any]], path: PathLike, *,
     ax.legend(loc=legend_loc, fontsize=8)
   fig.tight_layout()  # Re-arranges axes only; the canvas size is unchanged.
   return save_figure(fig, path, dpi)
+
+
+def save_history_curves(history: Sequence[Mapping[str, Any]], x: str,
+                        columns: Mapping[str, str], path: PathLike,
+                        **kwargs: Any) -> str:
+  """`save_curves` of columns of a metrics history (one record per entry).
+
+  Args:
+    history: records such as a run's ``history`` (``[{"epoch": 1,
+      "test_loss": ...}, ...]``).
+    x: the record key on the x axis (also the default ``xlabel``).
+    columns: {curve name: record key}, in legend order.
+    path: output file.
+    **kwargs: `save_curves` keywords (``ylabel`` is required there).
+
+  Returns:
+    The path written, as a string.
+  """
+  xs = [r[x] for r in history]
+  kwargs.setdefault("xlabel", x)
+  return save_curves({name: (xs, [r[key] for r in history])
+                      for name, key in columns.items()}, path, **kwargs)

@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 import dataclasses
 import functools
-import inspect
 from typing import Any
 
 import flax.linen as nn
@@ -391,14 +390,8 @@ def create(name: str, num_classes: int, input_shape: Sequence[int],
     input_shape = _check_input_shape(input_shape)
   validate.check_choice(init, "init", INIT_SCHEMES, fn="create")
 
-  accepted = [p.name for p in inspect.signature(spec.builder).parameters.values()
-              if p.kind is inspect.Parameter.KEYWORD_ONLY]
-  unknown = sorted(set(model_kwargs) - set(accepted))
-  if unknown:
-    raise TypeError(
-        f"create: model {name!r} got unexpected keyword argument(s) "
-        f"{', '.join(repr(u) for u in unknown)}; accepted: "
-        f"{', '.join(accepted) or 'none'}")
+  validate.check_keywords(spec.builder, model_kwargs, f"model {name!r}",
+                          fn="create")
   module = spec.builder(num_classes, **model_kwargs)
 
   bn_layers: list[tuple[str, ...]] = []

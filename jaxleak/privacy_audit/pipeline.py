@@ -570,10 +570,8 @@ def stage_unlearning(ctx: Context) -> dict[str, Any]:
       snapshots=max(1, min(2, cfg.unlearn_epochs - 1)),
       workdir=ctx.dir("stages", "unlearning_history"),
       progress=ctx.progress)
-  n = len(ctx.train)
-  r = int(round(cfg.unlearn_ratio * n))
-  forget = np.sort(np.random.default_rng([cfg.seed, 7]).choice(
-      n, r, replace=False))
+  forget = ul.random_forget_set(len(ctx.train), cfg.unlearn_ratio, cfg.seed)
+  r = len(forget)
   unlearners = {"mini_unlearning": ul.get("mini_unlearning",
                                           mesh=sharding.data_mesh(None))}
   res = evaluation.evaluate_unlearning(

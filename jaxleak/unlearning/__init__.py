@@ -28,6 +28,7 @@ from jaxleak.unlearning.base import available
 from jaxleak.unlearning.base import check_forget_indices
 from jaxleak.unlearning.base import get
 from jaxleak.unlearning.base import Model
+from jaxleak.unlearning.base import random_forget_set
 from jaxleak.unlearning.base import register
 from jaxleak.unlearning.base import Unlearner
 from jaxleak.unlearning.base import UNLEARNERS
@@ -59,6 +60,7 @@ __all__ = (
     "Unlearner",
     "available",
     "check_forget_indices",
+    "random_forget_set",
     "contraction_unlearning",
     "deltagrad",
     "evaluate_unlearning",

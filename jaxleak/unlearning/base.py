@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import functools
-import inspect
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -54,9 +53,16 @@ class Unlearner(Protocol):
 UNLEARNERS: Registry[Callable[..., Params]] = Registry("unlearner")
 
 
-def register(name: str) -> Callable[[Callable[..., Params]], Callable[..., Params]]:
-  """Decorator adding an unlearning function to `UNLEARNERS` under `name`."""
-  return UNLEARNERS.register(name)
+def register(name: str, fn: Callable[..., Params] | None = None, *,
+             overwrite: bool = False) -> Any:
+  """``UNLEARNERS.register(name, fn, overwrite=)``; without `fn`, a decorator.
+
+  ``@unlearning.register("name")`` above ``fn(model, history,
+  forget_indices, data, *, hparams...) -> params`` registers it.
+  """
+  if fn is None:
+    return UNLEARNERS.register(name, overwrite=overwrite)
+  return UNLEARNERS.register(name, fn, overwrite=overwrite)
 
 
 def available() -> list[str]:
@@ -73,14 +79,8 @@ def get(name: str, **hparams: Any) -> Unlearner:
   """
   validate.check_choice(name, "name", available(), fn="unlearning.get")
   fn = UNLEARNERS.get(name)
-  accepted = [p.name for p in inspect.signature(fn).parameters.values()
-              if p.kind is inspect.Parameter.KEYWORD_ONLY]
-  unknown = sorted(set(hparams) - set(accepted))
-  if unknown:
-    raise TypeError(
-        f"unlearning.get: unlearner {name!r} got unexpected keyword "
-        f"argument(s) {', '.join(map(repr, unknown))}; accepted: "
-        f"{', '.join(accepted)}")
+  validate.check_keywords(fn, hparams, f"unlearner {name!r}",
+                          fn="unlearning.get")
   bound = functools.partial(fn, **hparams)
   functools.update_wrapper(bound, fn)
   return bound
@@ -112,6 +112,36 @@ class Problem(NamedTuple):
   @property
   def r(self) -> int:
     return int(len(self.forget))
+
+
+def random_forget_set(n: int, ratio: float, seed: int, *, stream: int = 7
+                      ) -> np.ndarray:
+  """A uniformly random forget set R of ``round(ratio * n)`` of n indices.
+
+  ``sort(default_rng([seed, stream]).choice(n, r, replace=False))``: the
+  same (seed, stream) gives the same set in every program, so a study that
+  revisits a cell (e.g. the unlearning distance study after the sweep)
+  draws the sweep's set. The CLI and the audit use ``stream=7``; the sweep
+  one stream per ratio.
+
+  Args:
+    n: the training-set size.
+    ratio: the forgotten fraction, in (0, 1).
+    seed: the seed.
+    stream: a second seed word, for independent sets under one seed.
+
+  Returns:
+    Sorted int64 indices.
+  """
+  fn = "random_forget_set"
+  n = validate.check_int(n, "n", fn=fn)
+  validate.check_in_range(ratio, "ratio", 0.0, 1.0, fn=fn,
+                          inclusive=(False, False))
+  r = int(round(ratio * n))
+  rng = np.random.default_rng([validate.check_int(seed, "seed", fn=fn, low=0),
+                               validate.check_int(stream, "stream", fn=fn,
+                                                  low=0)])
+  return np.sort(rng.choice(n, r, replace=False))
 
 
 def check_forget_indices(forget_indices: Any, n: int, fn: str) -> np.ndarray:

@@ -9,9 +9,6 @@ victim and judge, per-user figures, metrics.json, report.md), not quality.
 import json
 import os
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from jaxleak import diffusion
@@ -20,17 +17,11 @@ from jaxleak.cli import main as cli
 
 @pytest.fixture(scope="module")
 def prior_dir(tmp_path_factory):
-  spec = diffusion.UNetSpec(resolution=16, channels=1,
-                            block_out_channels=(32,))
-  shapes = jax.eval_shape(lambda k: diffusion.init_unet(spec, k),
-                          jax.random.key(0))
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(
-      lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype),
-      shapes)
+  prior = diffusion.random_prior(
+      diffusion.UNetSpec(resolution=16, channels=1, block_out_channels=(32,)),
+      name="tiny")
   path = tmp_path_factory.mktemp("prior") / "tiny"
-  diffusion.save_prior(diffusion.Prior("tiny", spec, params,
-                                       diffusion.linear_schedule(1000)), path)
+  diffusion.save_prior(prior, path)
   return str(path)
 
 

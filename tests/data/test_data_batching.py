@@ -37,11 +37,11 @@ def test_num_batches(n, bs, drop, expected):
 
 
 def test_num_batches_errors():
-  with pytest.raises(ValueError, match="'batch_size' must be >= 1"):
+  with pytest.raises(ValueError, match="'batch_size' must be a positive int"):
     data.num_batches(10, 0)
-  with pytest.raises(TypeError, match="'batch_size' must be an integer"):
+  with pytest.raises(TypeError, match="'batch_size' must be a positive int"):
     data.num_batches(10, 2.0)
-  with pytest.raises(ValueError, match="'n' must be >= 0"):
+  with pytest.raises(ValueError, match="'n' must be an int >= 0"):
     data.num_batches(-1, 2)
 
 
@@ -106,7 +106,7 @@ def test_batches_errors():
   ds = _indexed_dataset(10)
   with pytest.raises(ValueError, match="'batch_size' .* exceeds"):
     data.batches(ds, 11, seed=0)  # raises at call time, not on iteration
-  with pytest.raises(ValueError, match="'seed' must be >= 0"):
+  with pytest.raises(ValueError, match="'seed' must be an int >= 0"):
     data.batches(ds, 2, seed=-1)
   with pytest.raises(ValueError, match="'dataset_or_arrays' arrays must share"):
     data.batches((np.zeros((3, 2)), np.zeros(4)), 2, seed=0)
@@ -191,7 +191,7 @@ def test_poisson_argument_errors():
     data.poisson_batch_indices(10, 0.0, **kw)
   with pytest.raises(ValueError, match="'sample_rate'"):
     data.poisson_batch_indices(10, 1.5, **kw)
-  with pytest.raises(ValueError, match="'step' must be >= 0"):
+  with pytest.raises(ValueError, match="'step' must be an int >= 0"):
     data.poisson_batch_indices(10, 0.5, seed=0, step=-1, max_batch_size=4)
   with pytest.raises(ValueError, match="'on_overflow' must be one of"):
     data.poisson_batch_indices(10, 0.5, on_overflow="drop", **kw)
@@ -310,9 +310,9 @@ def test_partition_random():
 
 def test_partition_errors():
   ds = _indexed_dataset(10)
-  with pytest.raises(ValueError, match=r"'users' must be in \[1, 10\]"):
+  with pytest.raises(ValueError, match=r"'users' must be an int in \[1, 10\]"):
     data.partition_users(ds, 0)
-  with pytest.raises(ValueError, match=r"'users' must be in \[1, 10\]"):
+  with pytest.raises(ValueError, match=r"'users' must be an int in \[1, 10\]"):
     data.partition_users(ds, 11)
   with pytest.raises(ValueError, match="'mode' must be one of"):
     data.partition_users(ds, 2, mode="size")
@@ -380,5 +380,5 @@ def test_partition_fixed_size_errors():
   # Two users of class 0 need 2 x 6 examples.
   with pytest.raises(ValueError, match="2 user\\(s\\) of class 0 need 12"):
     data.partition_users(ds, 11, mode="label", batch_size=6)
-  with pytest.raises(TypeError, match="'batch_size' must be an integer"):
+  with pytest.raises(TypeError, match="'batch_size' must be a positive int"):
     data.partition_users(ds, 2, batch_size=2.0)

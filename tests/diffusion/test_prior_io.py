@@ -138,3 +138,22 @@ def test_generate_validates_arguments(prior):
     diffusion.generate(prior, jax.random.key(0), 2, labels=[0, 7])
   with pytest.raises(ValueError, match="'num_steps'"):
     diffusion.generate(prior, jax.random.key(0), 2, num_steps=51)
+
+
+def test_random_prior_is_seeded_numpy_normal_weights():
+  spec = diffusion.UNetSpec(resolution=16, channels=1, block_out_channels=(32,))
+  got = diffusion.random_prior(spec, name="r", seed=3, std=0.1)
+  assert got.name == "r" and got.spec == spec and got.resolution == 16
+  np.testing.assert_array_equal(got.schedule.betas,
+                                diffusion.linear_schedule(1000).betas)
+  shapes = jax.eval_shape(lambda k: diffusion.init_unet(spec, k),
+                          jax.random.key(0))
+  assert jax.tree.structure(got.params) == jax.tree.structure(shapes)
+  rng = np.random.default_rng(3)  # leaf after leaf, in tree order
+  for leaf, s in zip(jax.tree.leaves(got.params), jax.tree.leaves(shapes)):
+    assert leaf.shape == s.shape and leaf.dtype == s.dtype
+    np.testing.assert_array_equal(
+        leaf, (0.1 * rng.standard_normal(s.shape)).astype(s.dtype))
+  again = diffusion.random_prior(spec, seed=3, std=0.1)
+  for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(again.params)):
+    np.testing.assert_array_equal(a, b)

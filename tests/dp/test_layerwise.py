@@ -26,17 +26,6 @@ def _batch(shape, b=10, seed=0, nan_row=None):
   return x, jnp.asarray(rng.integers(0, 10, b), jnp.int32)
 
 
-def _assert_same(a, b, rtol=2e-5):
-  np.testing.assert_allclose(a.norms, b.norms, rtol=rtol)
-  np.testing.assert_array_equal(np.asarray(a.weights) == 0,
-                                np.asarray(b.weights) == 0)
-  np.testing.assert_allclose(a.weights, b.weights, rtol=rtol)
-  for x, y in zip(jax.tree.leaves(a.grad_sum), jax.tree.leaves(b.grad_sum)):
-    scale = float(jnp.max(jnp.abs(x)))
-    assert scale > 0
-    np.testing.assert_allclose(x, y, rtol=0, atol=2e-5 * scale)
-
-
 @pytest.mark.parametrize("name,shape", [
     ("cnn_mnist", (28, 28, 1)), ("cnn_mnist", (8, 8, 1)),
     ("cnn_cifar", (16, 16, 3)), ("lenet", (32, 32, 3)), ("mlp", (8, 8, 1)),
@@ -90,7 +79,7 @@ class _Geometries(nn.Module):
     return nn.Dense(4, name="head")(x)
 
 
-def test_conv_geometries_and_multi_row_dense_match_vmap():
+def test_conv_geometries_and_multi_row_dense_match_vmap(assert_same_sums):
   model = _Geometries()
   x = jax.random.uniform(jax.random.key(0), (6, 11, 9, 2))
   y = jnp.arange(6) % 4
@@ -104,7 +93,7 @@ def test_conv_geometries_and_multi_row_dense_match_vmap():
   rule = dp.clip(0.05)
   ref = dp.weighted_grad_sum(loss_fn, params, (x, y), rule, path="vmap")
   got = dp.weighted_grad_sum(loss_fn, params, (x, y), rule, path="layerwise")
-  _assert_same(got, ref)
+  assert_same_sums(got, ref)
   assert float(jnp.min(got.weights)) < 1  # clipping active: weights matter
 
 
@@ -120,7 +109,8 @@ class _FoldedStrides(nn.Module):
 
 
 @pytest.mark.parametrize("ghost", [False, True])
-def test_folded_strided_convs_match_vmap_in_both_forms(ghost, monkeypatch):
+def test_folded_strided_convs_match_vmap_in_both_forms(ghost, monkeypatch,
+                                                       assert_same_sums):
   model = _FoldedStrides()
   x = jax.random.uniform(jax.random.key(0), (6, 11, 9, 2))
   y = jnp.arange(6) % 4
@@ -137,7 +127,7 @@ def test_folded_strided_convs_match_vmap_in_both_forms(ghost, monkeypatch):
   rule = dp.clip(0.05)
   ref = dp.weighted_grad_sum(loss_fn, params, (x, y), rule, path="vmap")
   got = dp.weighted_grad_sum(loss_fn, params, (x, y), rule, path="layerwise")
-  _assert_same(got, ref)
+  assert_same_sums(got, ref)
   assert float(jnp.min(got.weights)) < 1
 
 
@@ -161,7 +151,8 @@ class _SharedDense(nn.Module):
      "not a Dense/Conv/Embed kernel or bias"),
     (_SharedDense(), "['params']['shared']['kernel']", "shared by several calls"),
 ])
-def test_uncovered_parameters_are_named_and_auto_takes_mixed(module, leaf, reason):
+def test_uncovered_parameters_are_named_and_auto_takes_mixed(
+    module, leaf, reason, assert_same_sums):
   shape = (6, 6, 2) if isinstance(module, _WithGroupNorm) else (3,)
   x = jax.random.normal(jax.random.key(0), (4,) + shape)
   y = jnp.arange(4) % 3
@@ -174,7 +165,7 @@ def test_uncovered_parameters_are_named_and_auto_takes_mixed(module, leaf, reaso
   auto = dp.weighted_grad_sum(loss_fn, params, (x, y), dp.clip(1.0))
   ref = dp.weighted_grad_sum(loss_fn, params, (x, y), dp.clip(1.0),
                              path="vmap")
-  _assert_same(auto, ref, rtol=1e-6)
+  assert_same_sums(auto, ref, rtol=1e-6)
 
 
 def test_plain_jax_loss_without_flax_layers_is_refused_by_layerwise():

@@ -1,6 +1,7 @@
 """A real 2-process run (jax.distributed, gloo CPU collectives): one DP step
 and one Mini-Unlearning step equal the single-process results."""
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -11,10 +12,21 @@ import jax
 import numpy as np
 import pytest
 
-from tests.dp import _multiprocess_worker as worker
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def _load_worker():
+  # tests/ is no package: load the worker script (run below as a process)
+  # by its path, whatever the working directory and pytest's import mode.
+  spec = importlib.util.spec_from_file_location(
+      "_multiprocess_worker", os.path.join(HERE, "_multiprocess_worker.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+worker = _load_worker()
 
 
 def _free_port() -> int:

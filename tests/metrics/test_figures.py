@@ -77,6 +77,35 @@ def test_curves(tmp_path):
   assert _read_png(small).shape[:2] == (100, 150)
 
 
+def test_history_curves_equal_the_explicit_curves(tmp_path):
+  history = [{"epoch": e, "train_loss": 1.0 / e, "test_loss": 1.2 / e}
+             for e in (1, 2, 3, 4)]
+  got = metrics.save_history_curves(
+      history, "epoch", {"train": "train_loss", "test": "test_loss"},
+      tmp_path / "h.png", ylabel="loss", title="t", dpi=40)
+  want = metrics.save_curves(
+      {"train": ([1, 2, 3, 4], [1.0, 1 / 2, 1 / 3, 1 / 4]),
+       "test": ([1, 2, 3, 4], [1.2, 1.2 / 2, 1.2 / 3, 1.2 / 4])},
+      tmp_path / "c.png", xlabel="epoch", ylabel="loss", title="t", dpi=40)
+  np.testing.assert_array_equal(_read_png(got), _read_png(want))
+  swapped = metrics.save_history_curves(
+      history, "epoch", {"train": "test_loss", "test": "train_loss"},
+      tmp_path / "s.png", ylabel="loss", title="t", dpi=40)
+  assert np.any(_read_png(swapped) != _read_png(want))
+
+
+def test_save_figure_full_and_tight(tmp_path):
+  from jaxleak.metrics import figures  # pylint: disable=g-import-not-at-top
+  fig = figures.new_figure((4, 3), 50)
+  fig.add_axes((0.4, 0.4, 0.2, 0.2)).plot([0, 1], [0, 1])
+  full = figures.save_figure(fig, tmp_path / "sub" / "full.png", 50)
+  assert _read_png(full).shape[:2] == (150, 200)
+  tight = _read_png(figures.save_figure(fig, tmp_path / "t.png", 50,
+                                        tight=True))
+  # Cropped to the small axes and their tick labels, inside the full canvas.
+  assert tight.shape[0] < 150 and tight.shape[1] < 200
+
+
 def test_figure_input_errors(images, tmp_path):
   with pytest.raises(ValueError, match="'images'"):
     metrics.save_image_grid(np.zeros((4, 4)), tmp_path / "x.png")

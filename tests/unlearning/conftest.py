@@ -8,7 +8,6 @@ import jax
 import numpy as np
 import pytest
 
-from jaxleak import data
 from jaxleak import models
 from jaxleak import unlearning as ul
 
@@ -24,11 +23,6 @@ def _logreg(train, seed=0):
 def logreg():
   """`logreg(train, seed=0) -> (apply_fn, params)`: softmax regression."""
   return _logreg
-
-
-@pytest.fixture(scope="session")
-def digits():
-  return data.load("digits", "train"), data.load("digits", "test")
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 import numpy as np
 import optax
+import pytest
 
 from jaxleak import unlearning as ul
 from jaxleak.attacks import membership as mia
@@ -39,3 +40,19 @@ def test_evaluate_unlearning_with_shadows(model, trained, forget30, digits,
   assert abs(rt["mia_loss_auc"] - 0.5) < 0.1
   assert set(results["mini_unlearning"].roc) == {"loss", "modified_entropy",
                                                  "lira_offline"}
+
+
+def test_random_forget_set_is_the_seeded_draw_every_program_makes():
+  got = ul.random_forget_set(1000, 0.3, 2)
+  want = np.sort(np.random.default_rng([2, 7]).choice(1000, 300,
+                                                      replace=False))
+  np.testing.assert_array_equal(got, want)
+  swept = ul.random_forget_set(1000, 0.1, 2, stream=1000)
+  np.testing.assert_array_equal(swept, np.sort(np.random.default_rng(
+      [2, 1000]).choice(1000, 100, replace=False)))
+  assert len(np.intersect1d(got, ul.random_forget_set(
+      1000, 0.3, 3))) < 150  # another seed, another set
+  with pytest.raises(ValueError, match="'ratio'"):
+    ul.random_forget_set(10, 1.0, 0)
+  with pytest.raises(ValueError, match="'seed' must be an int >= 0"):
+    ul.random_forget_set(10, 0.5, -1)

@@ -83,4 +83,10 @@ def get_config() -> ml_collections.ConfigDict:
   # times faster, steps run ~1.7x slower; budgets are matched under them).
   c.fast_compile = True
   c.rv = ml_collections.ConfigDict({"num_candidates": 7, "num_probes": 16})
+  # tune.py: DPS zeta and DSG m_r grids on `images` held-out images
+  # (simulate trials 10000+) per victim, at each relative noise level;
+  # prior, data, steps and fast_compile are the study's (above).
+  c.tune = ml_collections.ConfigDict({
+      "models": ("lenet", "mlp"), "zetas": (0.3, 1.0, 3.0, 10.0),
+      "rates": (0.2,), "noise": (0.0, 1e-2), "images": 3})
   return c

@@ -50,6 +50,7 @@ from jaxleak.attacks.inversion.attacks import MatchingProblem
 from jaxleak.attacks.inversion.attacks import named_attack
 from jaxleak.attacks.inversion.attacks import NAMED_ATTACKS
 from jaxleak.attacks.inversion.attacks import step_decay_boundaries
+from jaxleak.attacks.inversion.cases import available_cases
 from jaxleak.attacks.inversion.cases import Case
 from jaxleak.attacks.inversion.cases import CASES
 from jaxleak.attacks.inversion.cases import PrivateBatch
@@ -134,6 +135,7 @@ __all__ = (
     "TopK",
     "UserLevelResult",
     "available_attacks",
+    "available_cases",
     "available_defences",
     "bn_matching",
     "compiler_options",

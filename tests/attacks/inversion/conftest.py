@@ -41,6 +41,20 @@ def get_model():
 
 
 @pytest.fixture(scope="session")
+def mlp_victim_16px(get_model):
+  """mlp_victim_16px(hidden) -> (observation, private image [1, 16, 16, 1]):
+  an MLP victim and one uniform-random private image of class 2."""
+
+  def make(hidden):
+    apply_fn, params = get_model("mlp", shape=(16, 16, 1), hidden=hidden)
+    x = jax.random.uniform(jax.random.key(3), (1, 16, 16, 1))
+    obs = inversion.observe(apply_fn, params, x, np.array([2]), key=0)
+    return obs, np.asarray(x)
+
+  return make
+
+
+@pytest.fixture(scope="session")
 def digits():
   """(images [N, 8, 8, 1], labels [N]) of sklearn's digits, train split."""
   ds = data.load("digits", "train")
@@ -57,15 +71,7 @@ def vgrad():
 @pytest.fixture(scope="session")
 def prior():
   """A tiny random-weight diffusion prior (16x16x1, one UNet level)."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
   from jaxleak import diffusion  # pylint: disable=g-import-not-at-top
-  spec = diffusion.UNetSpec(resolution=16, channels=1,
-                            block_out_channels=(32,))
-  shapes = jax.eval_shape(lambda k: diffusion.init_unet(spec, k),
-                          jax.random.key(0))
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(
-      lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype),
-      shapes)
-  return diffusion.Prior("tiny", spec, params, diffusion.linear_schedule(1000))
+  return diffusion.random_prior(
+      diffusion.UNetSpec(resolution=16, channels=1, block_out_channels=(32,)),
+      name="tiny")

@@ -19,14 +19,9 @@ from jaxleak.attacks.inversion import diffusion_finetuning as dft
 STEPS = 3
 
 
-
-
 @pytest.fixture(scope="module")
-def victim(get_model):
-  apply_fn, params = get_model("mlp", shape=(16, 16, 1), hidden=(16,))
-  x = jax.random.uniform(jax.random.key(3), (1, 16, 16, 1))
-  obs = inversion.observe(apply_fn, params, x, np.array([2]), key=0)
-  return obs, np.asarray(x)
+def victim(mlp_victim_16px):
+  return mlp_victim_16px((16,))
 
 
 def _problem_and_consts(prior, obs, trainable="all", timesteps=None,

@@ -20,15 +20,10 @@ from jaxleak.attacks.inversion import diffusion_guided as dg
 STEPS = 4
 
 
-
-
 @pytest.fixture(scope="module")
-def victim(get_model):
+def victim(mlp_victim_16px):
   """An MLP victim and one private 16x16 image with its observation."""
-  apply_fn, params = get_model("mlp", shape=(16, 16, 1), hidden=(32,))
-  x = jax.random.uniform(jax.random.key(3), (1, 16, 16, 1))
-  obs = inversion.observe(apply_fn, params, x, np.array([2]), key=0)
-  return obs, np.asarray(x)
+  return mlp_victim_16px((32,))
 
 
 def _consts(prior, obs, hp):
