@@ -95,8 +95,7 @@ def test_unknown_name_names_the_flag_and_lists_choices(tmp_path, capsys, argv,
     (["train", "--dataset", "no_such_data"],
      "argument --dataset: dataset 'no_such_data' not found: "),
     (["sample-prior", "--prior", "no_such_prior"],
-     "argument --prior: 'no_such_prior' is neither a shipped prior nor a "
-     "folder. Available priors: "),
+     "argument --prior: 'no_such_prior' is neither a "),
 ], ids=lambda v: v[0] if isinstance(v, list) else "")
 def test_unknown_dataset_or_prior_names_the_flag_not_the_loader(
     tmp_path, capsys, argv, expected):
