@@ -11,7 +11,15 @@ nearest_neighbour_ssim) and `jaxleak.training`.
 * Unconditional prior (e.g. ``lfw_faces``): draws ``--n`` samples and reports
   the SSIM from each sample to its nearest training image, next to the same
   statistic for held-out real images (a prior that copies its training set
-  would score near 1, above the held-out baseline).
+  would score near 1, above the held-out baseline). A prior trained on one
+  class of a two-class dataset (``jaxleak train-prior --class face`` on
+  ``lfw_faces``) is compared with that class only, and its samples are also
+  scored by a *judge*: a HOG + logistic-regression face / non-face
+  classifier trained on crops the prior never saw (the held-out test-split
+  faces, with their mirror images, against the train-split non-faces). The
+  judge's accuracy is measured on the prior's training faces (which the
+  judge never saw) and the test-split non-faces, and its face rate on noise
+  images is reported as a sanity check.
 
   python experiments/diffusion/evaluate_prior.py --prior mnist \\
       --workdir experiments/diffusion/results/mnist
@@ -103,14 +111,113 @@ def evaluate_conditional(prior, args, out: dict) -> tuple[dict, dict]:
           {"Samples (title: conditioned label -> classifier's label)": grid})
 
 
+def _of_class(ds, index):
+  return ds.subset(np.flatnonzero(np.asarray(ds.labels) == index))
+
+
+def hog_features(images: np.ndarray) -> np.ndarray:
+  """HOG descriptors (4x4-pixel cells, 2x2 blocks) of NHWC greyscale images."""
+  from skimage import feature  # pylint: disable=g-import-not-at-top
+  return np.stack([feature.hog(im[..., 0], orientations=9,
+                               pixels_per_cell=(4, 4), cells_per_block=(2, 2))
+                   for im in np.asarray(images, np.float32)])
+
+
+def train_face_judge(train_all, test_all, class_index: int, seed: int):
+  """HOG + logistic regression: class `class_index` against the rest.
+
+  Trained on crops the prior never saw: the test split's images of the
+  class (with left-right mirrors) as positives and the train split's other
+  images as negatives. Returns (predict_fn, accuracy record), where
+  predict_fn(images) -> bool array "judged of the class" and the record
+  holds the judge's accuracy on the prior's training images of the class
+  (unseen by the judge) and on the test split's other images.
+  """
+  from sklearn import linear_model  # pylint: disable=g-import-not-at-top
+  pos = _of_class(test_all, class_index).images
+  pos = np.concatenate([pos, pos[:, :, ::-1]])
+  neg = train_all.subset(np.flatnonzero(
+      np.asarray(train_all.labels) != class_index)).images
+  x = hog_features(np.concatenate([pos, neg]))
+  y = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
+  clf = linear_model.LogisticRegression(C=1.0, class_weight="balanced",
+                                        max_iter=5000, random_state=seed)
+  clf.fit(x, y)
+
+  def predict(images):
+    return clf.predict(hog_features(images)).astype(bool)
+
+  train_pos = _of_class(train_all, class_index).images
+  test_neg = test_all.subset(np.flatnonzero(
+      np.asarray(test_all.labels) != class_index)).images
+  rec = {"judge": "HOG (9 orientations, 4x4 cells, 2x2 blocks) + logistic "
+                  "regression (C=1, balanced)",
+         "judge_train_positives": int(len(pos)),
+         "judge_train_negatives": int(len(neg)),
+         "judge_recall_on_prior_training_images": float(
+             predict(train_pos).mean()),
+         "judge_specificity_on_heldout_negatives": float(
+             1.0 - predict(test_neg).mean()),
+         "judge_eval_positives": int(len(train_pos)),
+         "judge_eval_negatives": int(len(test_neg))}
+  return predict, rec
+
+
+def _noise_controls(shape, n: int, seed: int) -> dict[str, np.ndarray]:
+  """Images that are not faces, to check the judge does not call noise a face."""
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  white = np.clip(rng.normal(0.5, 0.25, (n,) + shape), 0, 1)
+  smooth = np.stack([ndimage.gaussian_filter(w[..., 0], 2.0)[..., None]
+                     for w in rng.normal(0.0, 1.0, (n,) + shape)])
+  smooth = (smooth - smooth.min(axis=(1, 2, 3), keepdims=True)) / np.ptp(
+      smooth, axis=(1, 2, 3), keepdims=True)
+  return {"white_noise": white.astype(np.float32),
+          "smoothed_noise_sigma2": smooth.astype(np.float32)}
+
+
 def evaluate_unconditional(prior, args, out: dict) -> tuple[dict, dict]:
   dataset = prior.info.get("dataset", prior.name)
-  train = data.load(dataset, "train", resolution=prior.resolution)
-  test = data.load(dataset, "test", resolution=prior.resolution)
+  train_all = data.load(dataset, "train", resolution=prior.resolution)
+  test_all = data.load(dataset, "test", resolution=prior.resolution)
+  class_index = prior.info.get("class_index")
+  train, test = train_all, test_all
+  tables = {}
+  if class_index is not None:
+    # A one-class prior is compared with its own class only.
+    train = _of_class(train_all, class_index)
+    test = _of_class(test_all, class_index)
   t0 = time.time()
   samples = diffusion.generate(prior, jax.random.key(args.sample_seed), args.n,
                                num_steps=args.steps, eta=args.eta)
   sample_s = time.time() - t0
+  np.savez_compressed(os.path.join(args.workdir, "samples.npz"),
+                      samples=np.asarray(samples))
+  judged = None
+  if class_index is not None:
+    predict, rec = train_face_judge(train_all, test_all, class_index,
+                                    args.seed)
+    judged = predict(samples)
+    controls = {k: float(predict(v).mean()) for k, v in
+                _noise_controls(tuple(prior.image_shape), 200,
+                                args.seed).items()}
+    out.update(rec)
+    out.update({
+        "class": prior.info.get("class"),
+        "judged_of_class_share": float(judged.mean()),
+        "judged_of_class_count": int(judged.sum()),
+        "judge_face_rate_on_controls": controls})
+    tables["Judge"] = [
+        {"images": f"{args.n} prior samples", "judged "
+         f"{prior.info.get('class')}": float(judged.mean())},
+        {"images": f"{rec['judge_eval_positives']} prior training images "
+         "(unseen by the judge)", f"judged {prior.info.get('class')}":
+         rec["judge_recall_on_prior_training_images"]},
+        {"images": f"{rec['judge_eval_negatives']} held-out other-class "
+         "images", f"judged {prior.info.get('class')}":
+         1.0 - rec["judge_specificity_on_heldout_negatives"]},
+    ] + [{"images": f"200 {k}", f"judged {prior.info.get('class')}": v}
+         for k, v in controls.items()]
   nn_samples = diffusion.nearest_neighbour_ssim(samples, train.images)
   nn_test = diffusion.nearest_neighbour_ssim(test.images, train.images)
   out.update({
@@ -121,14 +228,17 @@ def evaluate_unconditional(prior, args, out: dict) -> tuple[dict, dict]:
       "sampling_wall_time_s": sample_s,
   })
   m = min(16, args.n)
+  titles = (None if judged is None
+            else ["face" if j else "no" for j in judged[:64]])
   grid = metrics.save_image_grid(samples[:64],
                                  os.path.join(args.workdir, "samples.png"),
-                                 nrow=8)
+                                 nrow=8, titles=titles)
   pairs = metrics.save_comparison_grid(
       train.images[nn_samples.index[:m]], samples[:m],
       os.path.join(args.workdir, "nearest_training_faces.png"),
       show_psnr=False, labels=("nearest training image", "sample"))
-  return {}, {"Samples": grid,
+  return tables, {"Samples" + (" (title: the judge's verdict)"
+                               if judged is not None else ""): grid,
               "Samples (bottom) and their nearest training images (top)":
                   pairs}
 
@@ -152,6 +262,7 @@ def main(argv=None) -> int:
   if args.sample_seed is None:
     args.sample_seed = args.seed
   os.makedirs(args.workdir, exist_ok=True)
+  t_start = time.time()
   prior = diffusion.load_prior(args.prior)
   out = {"prior": prior.name, "n": args.n, "ddim_steps": args.steps, "eta": args.eta,
          "guidance_scale": args.guidance_scale, "seed": args.seed,
@@ -165,9 +276,14 @@ def main(argv=None) -> int:
     headline = ("NN-SSIM samples->train "
                 f"{out['nn_ssim_samples_to_train_mean']:.3f} (held-out real "
                 f"{out['nn_ssim_heldout_to_train_mean']:.3f})")
+    if "judged_of_class_share" in out:
+      headline += (f"; judged {out['class']}: "
+                   f"{out['judged_of_class_share']:.3f}")
   report.write_json(os.path.join(args.workdir, "metrics.json"), out)
   summary = {k: v for k, v in out.items()
              if isinstance(v, (int, float, str)) and k != "prior_info"}
+  summary["wall_time_s"] = round(time.time() - t_start, 1)
+  out["wall_time_s"] = summary["wall_time_s"]
   report.write_report(args.workdir, f"Prior quality: {prior.name}",
                       summary=summary, tables=tables, figures=figures,
                       config={"command": " ".join(sys.argv),
