@@ -16,10 +16,11 @@ nearest_neighbour_ssim) and `jaxleak.training`.
   ``lfw_faces``) is compared with that class only, and its samples are also
   scored by a *judge*: a HOG + logistic-regression face / non-face
   classifier trained on crops the prior never saw (the held-out test-split
-  faces, with their mirror images, against the train-split non-faces). The
-  judge's accuracy is measured on the prior's training faces (which the
-  judge never saw) and the test-split non-faces, and its face rate on noise
-  images is reported as a sanity check.
+  faces, with their mirror images, against the train-split non-faces and
+  synthetic noise images, so that noise is not called a face). The judge's
+  accuracy is measured on the prior's training faces (which the judge never
+  saw) and the test-split non-faces, and its face rate on fresh noise images
+  (another seed) is reported as a sanity check.
 
   python experiments/diffusion/evaluate_prior.py --prior mnist \\
       --workdir experiments/diffusion/results/mnist
@@ -127,17 +128,22 @@ def train_face_judge(train_all, test_all, class_index: int, seed: int):
   """HOG + logistic regression: class `class_index` against the rest.
 
   Trained on crops the prior never saw: the test split's images of the
-  class (with left-right mirrors) as positives and the train split's other
-  images as negatives. Returns (predict_fn, accuracy record), where
+  class (with left-right mirrors, each shifted by -1, 0, 1 pixel in y and
+  x) as positives and the train split's other
+  images plus 160 synthetic noise images (`_noise_controls`, seed + 1000)
+  as negatives. Returns (predict_fn, accuracy record), where
   predict_fn(images) -> bool array "judged of the class" and the record
   holds the judge's accuracy on the prior's training images of the class
   (unseen by the judge) and on the test split's other images.
   """
   from sklearn import linear_model  # pylint: disable=g-import-not-at-top
   pos = _of_class(test_all, class_index).images
-  pos = np.concatenate([pos, pos[:, :, ::-1]])
+  pos = _shifted(np.concatenate([pos, pos[:, :, ::-1]]), 1)
   neg = train_all.subset(np.flatnonzero(
       np.asarray(train_all.labels) != class_index)).images
+  noise = np.concatenate(list(_noise_controls(
+      pos.shape[1:], 40, seed + 1000).values()))
+  neg = np.concatenate([neg, noise])
   x = hog_features(np.concatenate([pos, neg]))
   y = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
   clf = linear_model.LogisticRegression(C=1.0, class_weight="balanced",
@@ -151,7 +157,9 @@ def train_face_judge(train_all, test_all, class_index: int, seed: int):
   test_neg = test_all.subset(np.flatnonzero(
       np.asarray(test_all.labels) != class_index)).images
   rec = {"judge": "HOG (9 orientations, 4x4 cells, 2x2 blocks) + logistic "
-                  "regression (C=1, balanced)",
+                  "regression (C=1, balanced); positives: held-out faces, "
+                  "mirrored, +-1 px shifts; negatives: train-split "
+                  "non-faces and noise",
          "judge_train_positives": int(len(pos)),
          "judge_train_negatives": int(len(neg)),
          "judge_recall_on_prior_training_images": float(
@@ -163,17 +171,31 @@ def train_face_judge(train_all, test_all, class_index: int, seed: int):
   return predict, rec
 
 
+def _shifted(images: np.ndarray, s: int) -> np.ndarray:
+  """Every (dy, dx) translation in [-s, s]^2 of NHWC images, edge-padded."""
+  h, w = images.shape[1:3]
+  out = []
+  for dy in range(-s, s + 1):
+    for dx in range(-s, s + 1):
+      rows = np.clip(np.arange(h) - dy, 0, h - 1)
+      cols = np.clip(np.arange(w) - dx, 0, w - 1)
+      out.append(images[:, rows][:, :, cols])
+  return np.concatenate(out)
+
+
 def _noise_controls(shape, n: int, seed: int) -> dict[str, np.ndarray]:
-  """Images that are not faces, to check the judge does not call noise a face."""
+  """Noise images (not faces): white, and Gaussian-smoothed at sigma 1, 2, 3."""
   from scipy import ndimage  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
-  white = np.clip(rng.normal(0.5, 0.25, (n,) + shape), 0, 1)
-  smooth = np.stack([ndimage.gaussian_filter(w[..., 0], 2.0)[..., None]
-                     for w in rng.normal(0.0, 1.0, (n,) + shape)])
-  smooth = (smooth - smooth.min(axis=(1, 2, 3), keepdims=True)) / np.ptp(
-      smooth, axis=(1, 2, 3), keepdims=True)
-  return {"white_noise": white.astype(np.float32),
-          "smoothed_noise_sigma2": smooth.astype(np.float32)}
+  out = {"white_noise": np.clip(rng.normal(0.5, 0.25, (n,) + shape), 0,
+                                1).astype(np.float32)}
+  for sigma in (1, 2, 3):
+    smooth = np.stack([ndimage.gaussian_filter(w[..., 0], sigma)[..., None]
+                       for w in rng.normal(0.0, 1.0, (n,) + shape)])
+    smooth = (smooth - smooth.min(axis=(1, 2, 3), keepdims=True)) / np.ptp(
+        smooth, axis=(1, 2, 3), keepdims=True)
+    out[f"smoothed_noise_sigma{sigma}"] = smooth.astype(np.float32)
+  return out
 
 
 def evaluate_unconditional(prior, args, out: dict) -> tuple[dict, dict]:
@@ -191,8 +213,6 @@ def evaluate_unconditional(prior, args, out: dict) -> tuple[dict, dict]:
   samples = diffusion.generate(prior, jax.random.key(args.sample_seed), args.n,
                                num_steps=args.steps, eta=args.eta)
   sample_s = time.time() - t0
-  np.savez_compressed(os.path.join(args.workdir, "samples.npz"),
-                      samples=np.asarray(samples))
   judged = None
   if class_index is not None:
     predict, rec = train_face_judge(train_all, test_all, class_index,

@@ -44,6 +44,17 @@ def _mirrored(ds, name):
                       name)
 
 
+def _train(name, apply_fn, params, train, test, cfg, seed, workdir):
+  from jaxleak import training  # pylint: disable=g-import-not-at-top
+  config = training.TrainConfig(epochs=cfg.train_epochs, batch_size=16,
+                                learning_rate=2e-3, seed=seed,
+                                checkpoint_every=1000)
+  res = training.train_classifier(
+      apply_fn, params, train, test, config, workdir=workdir, progress=False,
+      run_info={"role": name, "dataset": train.name})
+  return res.params
+
+
 def setup_faces(cfg, workdir):
   """Users, and the victim and judge trained on the crops left over."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -68,15 +79,13 @@ def setup_faces(cfg, workdir):
   v_apply, v_params = models.create(cfg.victim, full.num_classes,
                                     full.image_shape,
                                     jax.random.key(cfg.seed))
-  v_params, _ = ul._train("victim", v_apply, v_params, rest, pool,  # pylint: disable=protected-access
-                          cfg.train_epochs, cfg.seed,
-                          os.path.join(workdir, "models", "victim"), False)
+  v_params = _train("victim", v_apply, v_params, rest, pool, cfg, cfg.seed,
+                    os.path.join(workdir, "models", "victim"))
   j_apply, j_params = models.create("mlp", full.num_classes, full.image_shape,
                                     jax.random.key(cfg.seed + 1),
                                     hidden=(256,))
-  j_params, _ = ul._train("judge", j_apply, j_params, rest, pool,  # pylint: disable=protected-access
-                          cfg.train_epochs, cfg.seed + 1,
-                          os.path.join(workdir, "models", "judge"), False)
+  j_params = _train("judge", j_apply, j_params, rest, pool, cfg,
+                    cfg.seed + 1, os.path.join(workdir, "models", "judge"))
   info = {
       "victim_accuracy_on_users": training.evaluate(v_apply, v_params,
                                                     pool)["accuracy"],

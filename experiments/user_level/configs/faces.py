@@ -6,8 +6,9 @@ B = 30, `data.partition_users` ("label" users, classes round-robin) cuts
 10 non-faces left over (with their mirror images) train the victim
 (cnn_mnist) and the judge (an MLP), so both are disjoint from every user.
 The prior is the shipped `lfw_faces` prior (faces only, trained on the 80
-train-split faces; 70 of the 90 face-user images are among them, so the
-prior has seen most users' faces). Labels are hidden: the attack recovers
+train-split faces; with this seed all 80 are among the 90 face-user images,
+so the prior has seen most users' faces: recorded as
+`face_user_images_in_prior_training_set`). Labels are hidden: the attack recovers
 the majority label from the gradient.
 
   nice -n 19 python experiments/user_level/faces.py \\
