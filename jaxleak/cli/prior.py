@@ -101,6 +101,12 @@ def _register_train(subparsers) -> None:
                  "loss-history entry")
   p.add_argument("--name", default=None,
                  help="prior name (default: the dataset name)")
+  p.add_argument("--init-prior", default=None,
+                 help="start from this prior's weights (a shipped name or a "
+                      "prior folder, e.g. an earlier run's <workdir>/prior) "
+                      "instead of a random initialisation, to train a "
+                      "finished prior further; its UNet must match the "
+                      "architecture flags")
   p.add_argument("--preempt-after-steps", type=_common.positive_int,
                  default=None,
                  help="exit (code 75) once this step is checkpointed; rerun "
@@ -134,6 +140,23 @@ def _spec_from_args(args, channels: int, num_classes: int):
       attention_heads=args.attention_heads,
       mid_attention=getattr(args, "mid_attention", None),
       self_attention=bool(getattr(args, "self_attention", False)))
+
+
+def _init_from_prior(name_or_path: str, spec, params):
+  """The params of a saved prior, checked against the requested `spec`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from jaxleak import diffusion  # pylint: disable=g-import-not-at-top
+  prior = diffusion.load_prior(name_or_path)
+  if prior.spec != spec:
+    raise ValueError(
+        f"train-prior: argument '--init-prior' {name_or_path!r} has the UNet "
+        f"{prior.spec}, but the flags ask for {spec}")
+  if jax.tree.structure(prior.params) != jax.tree.structure(params):
+    raise ValueError(f"train-prior: argument '--init-prior' "
+                     f"{name_or_path!r}: its params do not fit the UNet")
+  return jax.tree.map(lambda p: np.asarray(p, np.float32), prior.params)
 
 
 def _select_class(ds, keep_class: str):
@@ -201,6 +224,9 @@ def _train_prior(args, workdir: str) -> int:
     run_info["class"] = class_index
 
   params = diffusion.init_unet(spec, jax.random.key(args.seed))
+  if args.init_prior is not None:
+    params = _init_from_prior(args.init_prior, spec, params)
+    run_info["init_prior"] = args.init_prior
   apply_fn = diffusion.make_unet_apply(spec)
   n_params = diffusion.param_count(params)
   print(f"train-prior: {name}: {len(ds)} images {ds.image_shape}, "
@@ -254,7 +280,8 @@ def _train_prior(args, workdir: str) -> int:
   info = {"command": _command_line(), "dataset": args.dataset,
           "split": args.split, "train_images": len(ds),
           **({"class": ds.class_names[class_index], "class_index": class_index}
-             if class_index is not None else {}), "steps": step,
+             if class_index is not None else {}),
+          **({"init_prior": args.init_prior} if args.init_prior else {}), "steps": step,
           "batch_size": args.batch_size, "lr": args.lr,
           "ema_decay": args.ema_decay,
           "cond_drop": args.cond_drop if conditional else 0.0,

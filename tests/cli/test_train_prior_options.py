@@ -71,3 +71,18 @@ def test_class_with_class_conditional_is_refused(tmp_path, capsys):
   assert code == 2
   assert "'--class'" in capsys.readouterr().err
   assert not (tmp_path / "run").exists()
+
+
+def test_init_prior_loads_matching_weights_and_refuses_others():
+  from jaxleak import diffusion
+  prior = diffusion.load_prior("lfw_faces")
+  spec = prior.spec
+  import jax
+  fresh = diffusion.init_unet(spec, jax.random.key(0))
+  params = prior_cli._init_from_prior("lfw_faces", spec, fresh)
+  a = jax.tree.leaves(params)[0]
+  np.testing.assert_array_equal(a, jax.tree.leaves(prior.params)[0])
+  other = diffusion.UNetSpec(resolution=32, channels=1,
+                             block_out_channels=(32, 64))
+  with pytest.raises(ValueError, match="'--init-prior'.*UNet"):
+    prior_cli._init_from_prior("lfw_faces", other, fresh)
