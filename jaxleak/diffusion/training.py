@@ -41,6 +41,7 @@ __all__ = (
     "ema_update",
     "ema_decay_at",
     "make_train_step",
+    "random_shift",
     "data_mesh",
     "train_prior",
 )
@@ -198,10 +199,41 @@ def ema_update(ema_params: Any, params: Any, decay: jax.Array) -> Any:
                       ema_params, params)
 
 
+def random_shift(images: jax.Array, key: jax.Array, max_shift: int
+                 ) -> jax.Array:
+  """Translates each image by its own random (dy, dx) in [-max_shift, max_shift].
+
+  Pixels shifted in from outside the image repeat its border (edge
+  padding), so no black borders appear.
+
+  Args:
+    images: NHWC images.
+    key: PRNG key.
+    max_shift: largest shift in pixels (0 returns `images` unchanged).
+
+  Returns:
+    The shifted images, same shape and dtype.
+  """
+  if max_shift == 0:
+    return images
+  b, h, w, _ = images.shape
+  s = int(max_shift)
+  batch = _batch_sharding(images)
+  offsets = jax.random.randint(key, (b, 2), -s, s + 1,
+                               out_sharding=None if batch is None
+                               else P(batch[0], None))
+  # Clamped gathers along H then W: an edge-padded translation.
+  rows = jnp.clip(jnp.arange(h)[None, :] - offsets[:, :1], 0, h - 1)
+  cols = jnp.clip(jnp.arange(w)[None, :] - offsets[:, 1:], 0, w - 1)
+  images = jnp.take_along_axis(images, rows[:, :, None, None], axis=1)
+  return jnp.take_along_axis(images, cols[:, None, :, None], axis=2)
+
+
 def make_train_step(apply_fn: Callable[..., jax.Array], schedule: NoiseSchedule,
                     optimizer: optax.GradientTransformation, *,
                     ema_decay: float = 0.999, cond_drop_prob: float = 0.0,
                     null_class: int | None = None, hflip: bool = False,
+                    shift: int = 0,
                     mesh: jax.sharding.Mesh | None = None
                     ) -> Callable[[TrainState, jax.Array, jax.Array | None],
                                   tuple[TrainState, jax.Array]]:
@@ -218,6 +250,8 @@ def make_train_step(apply_fn: Callable[..., jax.Array], schedule: NoiseSchedule,
     cond_drop_prob: label-dropout probability for classifier-free guidance.
     null_class: the null label used when dropping labels.
     hflip: randomly flip images left-right (data augmentation).
+    shift: random translations of up to `shift` pixels in each direction
+      (data augmentation, `random_shift`); 0 disables them.
     mesh: the data mesh the step runs under (call it inside
       `jax.set_mesh(mesh)`), or None for a single device.
 
@@ -230,10 +264,18 @@ def make_train_step(apply_fn: Callable[..., jax.Array], schedule: NoiseSchedule,
   if cond_drop_prob > 0 and null_class is None:
     raise ValueError(
         f"{fn}: argument 'null_class' is required when cond_drop_prob > 0")
+  if isinstance(shift, bool) or not isinstance(shift, (int, np.integer)) or (
+      shift < 0):
+    raise ValueError(
+        f"{fn}: argument 'shift' must be a non-negative int, got {shift!r}")
 
   def step(state: TrainState, images: jax.Array, labels: jax.Array | None,
            schedule: NoiseSchedule):
     key, k_loss, k_flip = jax.random.split(state.key, 3)
+    if shift:
+      # A key of its own (folded from the flip key) keeps the loss and flip
+      # draws of runs without shifts unchanged.
+      images = random_shift(images, jax.random.fold_in(k_flip, 1), shift)
     if hflip:
       sharding = _batch_sharding(images)
       flip = jax.random.bernoulli(k_flip, 0.5, (images.shape[0],),
@@ -268,7 +310,7 @@ def train_prior(apply_fn: Callable[..., jax.Array], params: Any,
                 learning_rate: float = 1e-3, warmup_steps: int = 100,
                 ema_decay: float = 0.999, cond_drop_prob: float = 0.0,
                 null_class: int | None = None, hflip: bool = False,
-                seed: int = 0, workdir: str | None = None,
+                shift: int = 0, seed: int = 0, workdir: str | None = None,
                 checkpoint_every: int = 500, log_every: int = 10,
                 callback: Callable[[int, TrainState], None] | None = None,
                 callback_every: int = 0, progress: bool = True,
@@ -292,6 +334,7 @@ def train_prior(apply_fn: Callable[..., jax.Array], params: Any,
     cond_drop_prob: label dropout for classifier-free guidance.
     null_class: the null label (required with cond_drop_prob > 0).
     hflip: random left-right flips.
+    shift: random translations of up to this many pixels (0: none).
     seed: seeds init key, batch order and noise.
     workdir: folder for checkpoints (``<workdir>/checkpoints``); None
       disables checkpointing and resuming.
@@ -341,6 +384,9 @@ def train_prior(apply_fn: Callable[..., jax.Array], params: Any,
       "learning_rate": float(learning_rate), "warmup_steps": int(warmup_steps),
       "ema_decay": float(ema_decay), "cond_drop_prob": float(cond_drop_prob),
       "null_class": null_class, "hflip": bool(hflip), "seed": int(seed)}
+  if shift:
+    # Only when set, so checkpoints of runs without shifts still resume.
+    identity["shift"] = int(shift)
   lr_fn = _lr_schedule(learning_rate, steps, warmup_steps, 0.1)
   replicated = jax.sharding.NamedSharding(mesh, P())
   batch_sh = jax.sharding.NamedSharding(mesh, P("data"))
@@ -359,7 +405,7 @@ def train_prior(apply_fn: Callable[..., jax.Array], params: Any,
     train_step = _cached_train_step(
         apply_fn, _ScheduleKey(schedule), float(learning_rate), steps,
         int(warmup_steps), float(ema_decay), float(cond_drop_prob),
-        null_class, bool(hflip), mesh)
+        null_class, bool(hflip), int(shift), mesh)
     x_all = np.asarray(images, np.float32) * 2.0 - 1.0
     y_all = None if labels is None else np.asarray(labels, np.int32)
     per_epoch = n // batch_size
@@ -428,13 +474,14 @@ class _ScheduleKey:
 @functools.lru_cache(maxsize=8)
 def _cached_train_step(apply_fn, schedule_key, learning_rate, steps,
                        warmup_steps, ema_decay, cond_drop_prob, null_class,
-                       hflip, mesh):
+                       hflip, shift, mesh):
   # Reusing the jitted step across train_prior calls with the same settings
   # (a resumed run in the same process, tests) skips a long recompile.
   optimizer = make_optimizer(learning_rate, steps, warmup_steps=warmup_steps)
   return make_train_step(apply_fn, schedule_key.schedule, optimizer,
                          ema_decay=ema_decay, cond_drop_prob=cond_drop_prob,
-                         null_class=null_class, hflip=hflip, mesh=mesh)
+                         null_class=null_class, hflip=hflip, shift=shift,
+                         mesh=mesh)
 
 
 @functools.lru_cache(maxsize=4)

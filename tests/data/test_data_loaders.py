@@ -103,13 +103,19 @@ def test_lfw_faces():
   from skimage import data as skdata
   train, test, full = (data.load("lfw_faces", s)
                        for s in ("train", "test", "all"))
-  _check_images(full, (100, 25, 25, 1))
-  assert (len(train), len(test)) == (80, 20)
-  assert full.class_names == ("face",)
-  assert full.num_classes == 1
-  assert not full.labels.any()
-  np.testing.assert_allclose(full.images[..., 0], skdata.lfw_subset()[:100],
+  _check_images(full, (200, 25, 25, 1))
+  assert (len(train), len(test)) == (160, 40)
+  assert full.class_names == ("non-face", "face")
+  assert full.num_classes == 2
+  # scikit-image's order: 100 faces (label 1), then 100 non-faces (label 0).
+  np.testing.assert_array_equal(full.labels, [1] * 100 + [0] * 100)
+  np.testing.assert_array_equal(np.bincount(train.labels), [80, 80])
+  np.testing.assert_array_equal(np.bincount(test.labels), [20, 20])
+  np.testing.assert_allclose(full.images[..., 0], skdata.lfw_subset(),
                              atol=1e-7)
+  # Labels are aligned with images: a nearest-centroid classifier separates
+  # faces from non-faces on the held-out split.
+  assert _nearest_centroid_accuracy(train, test) > 0.7
   np.testing.assert_array_equal(
       _sorted_rows(np.concatenate([train.images, test.images])),
       _sorted_rows(full.images))
@@ -127,7 +133,7 @@ def test_splits_are_pinned_and_deterministic():
   # compares train vs test), so it is pinned against accidental change.
   pinned = {"digits": ([5, 9, 12, 14, 16, 17], 324981),
             "mnist_subset": ([2, 5, 15, 18, 19, 27], 2499608),
-            "lfw_faces": ([5, 8, 9, 10, 11, 13], 914)}
+            "lfw_faces": ([0, 4, 20, 21, 26, 46], 4086)}
   for name, (head, total) in pinned.items():
     train_idx, test_idx = loaders._split_indices(name)
     assert test_idx[:6].tolist() == head
@@ -186,7 +192,7 @@ def test_sample_image_that_needs_download_fails_clearly(monkeypatch):
     ("digits", "test", 16, (359, 16, 16, 1)),
     ("mnist_subset", "test", 32, (1000, 32, 32, 1)),
     ("mnist_subset", "test", 8, (1000, 8, 8, 1)),
-    ("lfw_faces", "all", 32, (100, 32, 32, 1)),
+    ("lfw_faces", "all", 32, (200, 32, 32, 1)),
     ("sample_images", "train", 64, (23, 64, 64, 3)),
 ])
 def test_resolution(name, split, resolution, shape):

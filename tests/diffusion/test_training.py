@@ -105,3 +105,31 @@ def test_train_prior_validates_arguments(tiny, digits):
     diffusion.make_train_step(tiny.apply_fn, tiny.schedule,
                               diffusion.make_optimizer(1e-3, 10),
                               cond_drop_prob=0.1)
+
+
+def test_random_shift_translates_with_edge_padding():
+  images = jnp.arange(2 * 6 * 6, dtype=jnp.float32).reshape(2, 6, 6, 1)
+  assert diffusion.training.random_shift(images, jax.random.key(0), 0) is images
+  seen = set()
+  for seed in range(20):
+    out = np.asarray(diffusion.training.random_shift(
+        images, jax.random.key(seed), 2))
+    assert out.shape == images.shape
+    for b in range(2):
+      # Find the (dy, dx) that explains the output: an edge-clamped shift.
+      src = np.asarray(images[b, ..., 0])
+      match = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+               if np.array_equal(out[b, ..., 0], src[
+                   np.clip(np.arange(6) - dy, 0, 5)][:, np.clip(
+                       np.arange(6) - dx, 0, 5)])]
+      assert len(match) == 1, (seed, b)
+      seen.add(match[0])
+  # Shifts are drawn per image and cover the range in both directions.
+  assert {d for d, _ in seen} == {-2, -1, 0, 1, 2}
+  assert {d for _, d in seen} == {-2, -1, 0, 1, 2}
+
+
+def test_make_train_step_rejects_a_bad_shift(tiny):
+  with pytest.raises(ValueError, match="'shift'"):
+    diffusion.make_train_step(tiny.apply_fn, tiny.schedule,
+                              diffusion.make_optimizer(1e-3, 10), shift=-1)

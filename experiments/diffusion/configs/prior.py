@@ -4,8 +4,9 @@
   DDIM steps, eta 1, classifier-free guidance 8) on 500 samples of sampling
   seed 1, which none of the setting comparisons saw
   (`jaxleak/assets/priors/README.md`); the judge is trained with seed 0.
-* ``lfw_faces``: the unconditional prior, 64 samples with 50 deterministic
-  DDIM steps, each compared (SSIM) with its nearest training face.
+* ``lfw_faces``: the faces-only prior, 500 samples of sampling seed 1 with 50
+  DDIM steps at eta 1, each compared (SSIM) with its nearest training face and
+  scored by the HOG face / non-face judge (judge seed 0).
 
 Used as ``evaluate_prior.py --config experiments/diffusion/configs/prior.py:<name>``
 (commands in `evaluate_prior.py` and the README).
@@ -18,7 +19,7 @@ import ml_collections
 
 # name: (samples, DDIM steps, eta, guidance scale, sampling seed)
 _SETTINGS = {"mnist": (500, 100, 1.0, 8.0, 1),
-             "lfw_faces": (64, 50, 0.0, 1.0, -1)}
+             "lfw_faces": (500, 50, 1.0, 1.0, 1)}
 
 
 def get_config(prior: str = "mnist") -> ml_collections.ConfigDict:
