@@ -24,21 +24,29 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset = "mnist_subset"
   c.victim = "cnn_mnist"
   c.seed = 0
-  # 20 users in the issue; 8 here to fit 2 shared CPU cores (see README).
-  c.users = 8
+  # Victim and judge checkpoints, shared with configs/dp.py.
+  c.models_dir = "experiments/user_level/results/models"
+  c.users = 20
   c.batch_sizes = (30, 100)
   c.modes = ("label", "dominant")
   c.share = 0.7
   c.prior = "mnist"
   # user_level_diffusion (a reconstruction: the paper's values are unread).
   c.attack = ml_collections.ConfigDict({
-      "steps": 20, "iterations": 60, "window": 4, "lr": 0.05, "tv": 0.0,
+      "steps": 20, "iterations": 40, "window": 4, "lr": 0.05, "tv": 0.0,
       "distance": "cosine", "num_representatives": 1,
       "class_conditional": False})
-  # Baselines, each at the attack's per-user wall-clock budget.
-  c.methods = ("user_level_diffusion", "prior_only", "ig_single",
-               "ig_batch_mean", "user_level_diffusion_cond")
-  # Seconds per user for the IG baselines; 0: calibrate on the attack.
+  # Overrides for user_level_diffusion_cond (the prior conditioned on the
+  # recovered label, classifier-free guided); prior_only_cond uses the same
+  # guidance scale.
+  c.attack_cond = ml_collections.ConfigDict({"guidance_scale": 3.0})
+  # Baselines, each at the attack's per-user budget.
+  c.methods = ("user_level_diffusion_cond", "prior_only_cond",
+               "user_level_diffusion", "prior_only", "ig_single",
+               "ig_batch_mean")
+  # The method whose CPU seconds per user the IG baselines get.
+  c.budget_method = "user_level_diffusion_cond"
+  # Seconds per user for the IG baselines; 0: calibrate on budget_method.
   c.budget_s = 0.0
   c.ig = ml_collections.ConfigDict({"lr": 0.1, "tv": 1e-4, "restarts": 1})
   # DP-SGD on the user's update (per-sample clipping + Gaussian noise).
@@ -48,5 +56,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.dp_users = 20
   c.dp_clip = 1.0
   c.dp_noise_multipliers = ()
-  c.dp_methods = ("user_level_diffusion",)
+  c.dp_methods = ("user_level_diffusion_cond", "prior_only_cond")
   return c

@@ -215,6 +215,9 @@ class RepresentativeProblem:
     checkpoint: ``jax.checkpoint`` each UNet call.
     local_steps, local_lr, local_batch_size: the victim's protocol.
     matmul_conv: victim convolutions with matrix-product kernel derivatives.
+    guidance_scale: classifier-free guidance weight s of a conditional
+      prior (1: plain conditional); with s != 1 ``consts["cond"]`` holds
+      the k labels followed by k null labels.
   """
 
   unet_apply: Callable[..., Array]
@@ -229,12 +232,26 @@ class RepresentativeProblem:
   local_lr: float = 1e-3
   local_batch_size: int | None = None
   matmul_conv: bool = True
+  guidance_scale: float = 1.0
+
+  def guided_eps(self, prior_params: Any, x: Array, t: Array, cond: Any,
+                 checkpoint: bool = False) -> Array:
+    """The UNet's noise estimate; classifier-free guided when
+    ``guidance_scale != 1`` and a condition is given:
+    ``eps(x, null) + s (eps(x, cond) - eps(x, null))`` in one batched call
+    (``cond`` then holds the labels followed by the null labels)."""
+    f = self.unet_apply
+    if checkpoint:
+      f = jax.checkpoint(f)
+    if cond is None or self.guidance_scale == 1.0:
+      return f(prior_params, x, jnp.broadcast_to(t, (x.shape[0],)), cond)
+    both = f(prior_params, jnp.concatenate([x, x]),
+             jnp.broadcast_to(t, (2 * x.shape[0],)), cond)
+    e_cond, e_null = jnp.split(both, 2)
+    return e_null + self.guidance_scale * (e_cond - e_null)
 
   def eps(self, prior_params: Any, x: Array, t: Array, cond: Any) -> Array:
-    f = self.unet_apply
-    if self.checkpoint:
-      f = jax.checkpoint(f)
-    return f(prior_params, x, jnp.broadcast_to(t, (x.shape[0],)), cond)
+    return self.guided_eps(prior_params, x, t, cond, self.checkpoint)
 
   def ddim(self, schedule: Any, x: Array, t: Array, t_prev: Array,
            eps: Array) -> Array:
@@ -302,8 +319,7 @@ class RepresentativeProblem:
   def chain_step(self, consts: dict[str, Any], x: Array, t: Array,
                  t_prev: Array) -> Array:
     """One UNet call and DDIM step (no checkpoint: a single call)."""
-    eps = self.unet_apply(consts["prior"], x,
-                          jnp.broadcast_to(t, (x.shape[0],)), consts["cond"])
+    eps = self.guided_eps(consts["prior"], x, t, consts["cond"])
     return self.ddim(consts["schedule"], x, t, t_prev, eps)
 
 
@@ -377,11 +393,17 @@ def run_chain(problem: RepresentativeProblem, consts: dict[str, Any],
 def prior_representative(prior: Any, key: Any,
                          victim_shape: tuple[int, int, int], *,
                          steps: int = 20, num: int = 1,
-                         clip_x0: bool = True) -> np.ndarray:
+                         clip_x0: bool = True,
+                         label: int | None = None,
+                         guidance_scale: float = 1.0) -> np.ndarray:
   """The "prior alone" baseline: the unguided chain from random noise.
 
   Same chain, starting latent (``key``) and image bridge as
   `user_level_diffusion`, with no gradient guidance; ``[num, H, W, C]``.
+  With `label`, a class-conditional prior is conditioned on it (the
+  baseline for ``class_conditional=True``: the recovered label alone, no
+  gradient guidance), with classifier-free guidance weight
+  `guidance_scale`; None samples the null class.
   """
   from jaxleak import diffusion  # pylint: disable=g-import-not-at-top
   fn = "prior_representative"
@@ -390,15 +412,35 @@ def prior_representative(prior: Any, key: Any,
   problem = RepresentativeProblem(
       unet_apply=prior.apply_fn, victim_apply=None,
       prior_shape=tuple(prior.image_shape),
-      victim_shape=tuple(victim_shape), window=1, clip_x0=bool(clip_x0))
+      victim_shape=tuple(victim_shape), window=1, clip_x0=bool(clip_x0),
+      guidance_scale=float(guidance_scale))
+  validate.check_finite_number(guidance_scale, "guidance_scale", fn=fn)
+  cond = None
+  if label is not None:
+    if not prior.conditional:
+      raise ValueError(f"{fn}: argument 'label' given but prior "
+                       f"{prior.name!r} is unconditional")
+    label = validate.check_int(label, "label", fn=fn, low=0)
+    validate.check_in_range(label, "label", 0, prior.num_classes - 1, fn=fn)
+    cond = _condition(label, num, prior, guidance_scale)
   ts = diffusion.ddim_timesteps(prior.schedule.num_timesteps, steps)
   consts = {"prior": prior.params, "schedule": prior.schedule,
             "timesteps": jnp.asarray(np.append(ts, -1), jnp.int32),
-            "cond": None}
+            "cond": cond}
   z = jax.random.normal(key, (num,) + tuple(prior.image_shape), jnp.float32)
   x0 = run_chain(problem, consts, z, 0, steps)
   return np.asarray(jnp.clip(_victim_images(x0, problem.victim_shape), 0.0,
                              1.0), np.float32)
+
+
+def _condition(label: int, k: int, prior: Any, guidance_scale: float
+               ) -> Array:
+  """``consts["cond"]``: k labels, then k null labels when guided."""
+  cond = jnp.full((k,), label, jnp.int32)
+  if guidance_scale != 1.0:
+    cond = jnp.concatenate([cond, jnp.full((k,), prior.spec.null_class,
+                                           jnp.int32)])
+  return cond
 
 
 def _load_prior(prior: Any, fn: str):
@@ -417,7 +459,8 @@ def user_level_diffusion(
     stages: Sequence[tuple[int, int]] | None = None, window: int | None = 4,
     lr: float = 0.05, tv: float = 0.0, distance: str = "cosine",
     num_representatives: int = 1, class_conditional: bool = False,
-    clip_x0: bool = True, checkpoint: bool = True, matmul_conv: bool = True,
+    guidance_scale: float = 1.0, clip_x0: bool = True,
+    checkpoint: bool = True, matmul_conv: bool = True,
     project_latent: bool = True, loop: str | None = None,
     log_every: int = 10) -> UserLevelResult:
   """Recovers representative image(s) of a user's batch from its gradient.
@@ -446,6 +489,9 @@ def user_level_diffusion(
     num_representatives: k >= 1 representative images for the user.
     class_conditional: condition a class-conditional prior on ``ȳ`` (off by
       default: the null class, so the class must come from the gradient).
+    guidance_scale: classifier-free guidance weight of the conditional
+      chain (1: none; only with `class_conditional`); each UNet call then
+      evaluates the conditional and null branches in one batch.
     clip_x0: clip x̂₀ inside each DDIM step (as the prior's sampler).
     checkpoint: ``jax.checkpoint`` each UNet call in the window.
     matmul_conv: victim convolutions with matrix-product kernel derivatives.
@@ -510,7 +556,8 @@ def user_level_diffusion(
   y, confidence, how = majority_label(observation)
   use_cond = bool(class_conditional and prior.conditional
                   and prior.num_classes == observation.num_classes)
-  cond = jnp.full((k,), y, jnp.int32) if use_cond else None
+  validate.check_finite_number(guidance_scale, "guidance_scale", fn=FN)
+  cond = _condition(y, k, prior, guidance_scale) if use_cond else None
   problem = RepresentativeProblem(
       unet_apply=prior.apply_fn, victim_apply=observation.apply_fn,
       prior_shape=tuple(prior.image_shape),
@@ -518,7 +565,8 @@ def user_level_diffusion(
       distance=distance, clip_x0=bool(clip_x0), checkpoint=bool(checkpoint),
       local_steps=observation.local_steps, local_lr=observation.local_lr,
       local_batch_size=observation.local_batch_size,
-      matmul_conv=bool(matmul_conv))
+      matmul_conv=bool(matmul_conv),
+      guidance_scale=float(guidance_scale) if use_cond else 1.0)
   ts = diffusion.ddim_timesteps(prior.schedule.num_timesteps, steps)
   padded = np.concatenate([ts, -np.ones(window + 1, np.int32)])
   consts = {"prior": prior.params, "victim": observation.params,
@@ -573,6 +621,7 @@ def user_level_diffusion(
   hyper = {"prior": prior.name, "steps": steps, "window": window,
            "lr": float(lr), "tv": float(tv), "distance": distance,
            "num_representatives": k, "class_conditional": use_cond,
+           "guidance_scale": float(guidance_scale) if use_cond else 1.0,
            "clip_x0": bool(clip_x0), "checkpoint": bool(checkpoint),
            "matmul_conv": bool(matmul_conv), "loop": loop,
            "project_latent": bool(project_latent),
