@@ -85,6 +85,7 @@ __all__ = (
     "majority_label",
     "prior_representative",
     "run_chain",
+    "select_start",
     "stepwise_value_and_grad",
     "user_level_diffusion",
 )
@@ -348,6 +349,37 @@ def _tweedie_value_and_grad(problem: RepresentativeProblem, consts, x, t):
   return jax.value_and_grad(problem.tweedie_loss)(x, consts, t)
 
 
+@_compile.jit(static_argnums=0)
+def _objective(problem: RepresentativeProblem, consts, x0):
+  return problem.objective(x0, consts)
+
+
+def select_start(problem: RepresentativeProblem, consts: dict[str, Any],
+                 z: Array, num_candidates: int, key: Any, steps: int
+                 ) -> tuple[Array, tuple[float, ...]]:
+  """The best of `num_candidates` starting latents by the gradient objective.
+
+  Candidate 0 is `z` itself, the others fresh Gaussian draws; each is
+  decoded by the full unguided chain (all candidates in one batch) and
+  scored by ``problem.objective`` (the gradient distance at the chain's
+  output). Returns the winning latent and every candidate's loss.
+  """
+  k = z.shape[0]
+  extra = jax.random.normal(key, ((num_candidates - 1) * k,) + z.shape[1:],
+                            z.dtype)
+  zc = jnp.concatenate([z, extra])
+  cond = consts["cond"]
+  if cond is not None:  # Labels (then null labels) for every candidate.
+    lab, rest = cond[:k], cond[k:]
+    cond = jnp.concatenate([jnp.tile(lab, num_candidates),
+                            jnp.tile(rest, num_candidates)])
+  x0 = run_chain(problem, {**consts, "cond": cond}, zc, 0, steps)
+  losses = tuple(float(_objective(problem, consts, x0[i * k:(i + 1) * k]))
+                 for i in range(num_candidates))
+  best = int(np.argmin(losses))
+  return zc[best * k:(best + 1) * k], losses
+
+
 @jax.jit
 def _adam_update(z, grad, opt_state, lr, radius):
   """Adam on z; with radius [k] > 0, z is put back on that sphere per image."""
@@ -459,7 +491,8 @@ def user_level_diffusion(
     stages: Sequence[tuple[int, int]] | None = None, window: int | None = 4,
     lr: float = 0.05, tv: float = 0.0, distance: str = "cosine",
     num_representatives: int = 1, class_conditional: bool = False,
-    guidance_scale: float = 1.0, clip_x0: bool = True,
+    guidance_scale: float = 1.0, num_candidates: int = 1,
+    clip_x0: bool = True,
     checkpoint: bool = True, matmul_conv: bool = True,
     project_latent: bool = True, loop: str | None = None,
     log_every: int = 10) -> UserLevelResult:
@@ -492,6 +525,9 @@ def user_level_diffusion(
     guidance_scale: classifier-free guidance weight of the conditional
       chain (1: none; only with `class_conditional`); each UNet call then
       evaluates the conditional and null branches in one batch.
+    num_candidates: draw this many starting latents, decode each with the
+      unguided chain and start from the one whose output best matches the
+      gradient (`select_start`; 1: the first draw, no selection).
     clip_x0: clip x̂₀ inside each DDIM step (as the prior's sampler).
     checkpoint: ``jax.checkpoint`` each UNet call in the window.
     matmul_conv: victim convolutions with matrix-product kernel derivatives.
@@ -525,6 +561,8 @@ def user_level_diffusion(
   steps = validate.check_int(steps, "steps", fn=FN)
   iterations = validate.check_int(iterations, "iterations", fn=FN)
   k = validate.check_int(num_representatives, "num_representatives", fn=FN)
+  num_candidates = validate.check_int(num_candidates, "num_candidates",
+                                      fn=FN)
   log_every = validate.check_int(log_every, "log_every", fn=FN)
   window = (steps if window is None
             else validate.check_int(window, "window", fn=FN))
@@ -577,6 +615,10 @@ def user_level_diffusion(
 
   ts_host = [jnp.asarray(v, jnp.int32) for v in padded]
   z = jax.random.normal(key, (k,) + tuple(prior.image_shape), jnp.float32)
+  candidate_losses = None
+  if num_candidates > 1:
+    z, candidate_losses = select_start(problem, consts, z, num_candidates,
+                                       jax.random.fold_in(key, 1), steps)
   z = run_chain(problem, consts, z, 0, stages[0][0])  # An optional z_t start.
   history, done, position = [], 0, stages[0][0]
   lr_arr = jnp.asarray(lr, jnp.float32)
@@ -625,6 +667,8 @@ def user_level_diffusion(
            "clip_x0": bool(clip_x0), "checkpoint": bool(checkpoint),
            "matmul_conv": bool(matmul_conv), "loop": loop,
            "project_latent": bool(project_latent),
+           "num_candidates": num_candidates,
+           "candidate_losses": candidate_losses,
            "label_strategy": how,
            "stages": [list(s) for s in stages]}
   return UserLevelResult(

@@ -233,3 +233,22 @@ def test_prior_representative_label(cond_prior, prior):
     ul.prior_representative(prior, 0, (16, 16, 1), steps=3, label=0)
   with pytest.raises(ValueError, match="label"):
     ul.prior_representative(cond_prior, 0, (16, 16, 1), steps=3, label=3)
+
+
+def test_select_start_picks_the_best_candidate(prior, user):
+  apply_fn, params, x, y = user
+  obs = inversion.observe(apply_fn, params, x, y, key=0)
+  problem = _problem(prior, obs, 1)
+  consts = _consts(prior, obs, 1)
+  z = jax.random.normal(jax.random.key(7), (1, 16, 16, 1))
+  best, losses = ul.select_start(problem, consts, z, 3, jax.random.key(8),
+                                 STEPS)
+  assert len(losses) == 3 and len(set(losses)) == 3
+  # Candidate 0 is z; every loss is the objective at the chain's output.
+  ref = [float(_full_chain_loss(prior, obs, c, 0)) for c in (
+      z, *jnp.split(jax.random.normal(jax.random.key(8), (2, 16, 16, 1)),
+                    2))]
+  np.testing.assert_allclose(losses, ref, rtol=1e-4, atol=1e-5)
+  i = int(np.argmin(losses))
+  np.testing.assert_array_equal(best, z if i == 0 else jax.random.normal(
+      jax.random.key(8), (2, 16, 16, 1))[i - 1:i])
