@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.prior = "mnist"
   # user_level_diffusion (a reconstruction: the paper's values are unread).
   c.attack = ml_collections.ConfigDict({
-      "steps": 20, "iterations": 40, "window": 4, "lr": 0.05, "tv": 0.0,
+      "steps": 20, "iterations": 30, "window": 1, "lr": 0.05, "tv": 0.0,
       "distance": "cosine", "num_representatives": 1,
       "class_conditional": False})
   # Overrides for user_level_diffusion_cond (the prior conditioned on the

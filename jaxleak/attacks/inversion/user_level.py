@@ -53,6 +53,12 @@ Choices of this reconstruction (not from the paper): the default chain of
 clipping x̂₀ to [-1, 1] inside the chain as the prior's sampler does, and
 sampling a class-conditional prior unconditionally (its null class) by
 default, so that the class comes from the gradient, not from the label.
+Options beyond the described design: ``class_conditional`` conditions a
+class-conditional prior on the majority label recovered from the gradient
+(still a gradient-only attack: the label is read off the gradient), with
+classifier-free guidance ``guidance_scale`` inside the chain; and
+``num_candidates`` starts from the best of several unguided chain outputs
+by the same gradient objective.
 """
 
 from __future__ import annotations
