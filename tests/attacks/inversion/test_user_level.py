@@ -202,6 +202,10 @@ def cond_prior():
   params = jax.tree.map(
       lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype),
       shapes)
+  # A strong class embedding, so that the label visibly changes eps.
+  params["class_embedding"] = jnp.asarray(
+      5.0 * rng.standard_normal(params["class_embedding"].shape),
+      jnp.float32)
   return diffusion.Prior("tiny_cond", spec, params,
                          diffusion.linear_schedule(1000))
 
@@ -219,8 +223,8 @@ def test_guided_eps_is_classifier_free_guidance(cond_prior):
   e_c = p.apply_fn(p.params, x, jnp.full((2,), 600), jnp.full((2,), 1))
   e_n = p.apply_fn(p.params, x, jnp.full((2,), 600), jnp.full((2,), 3))
   assert float(jnp.abs(e_c - e_n).max()) > 1e-3  # The label matters.
-  np.testing.assert_allclose(got, e_n + 4.0 * (e_c - e_n), rtol=1e-4,
-                             atol=1e-4)
+  np.testing.assert_allclose(got, e_n + 4.0 * (e_c - e_n), rtol=1e-5,
+                             atol=1e-5)
 
 
 def test_prior_representative_label(cond_prior, prior):
