@@ -27,7 +27,7 @@ user and IG's CPU seconds per step at each batch size (compiled programs
 reused; CPU time of this process, because on a shared CPU wall time mostly
 measures the other jobs), and IG runs ``budget / s_per_step`` steps.
 
-  nice -n 10 python experiments/user_level/run.py \\
+  nice -n 19 python experiments/user_level/run.py \\
       --config experiments/user_level/configs/default.py \\
       --workdir experiments/user_level/results/default
   python experiments/user_level/run.py --config ... --workdir ... --report_only

@@ -7,11 +7,19 @@ are disjoint from every user (`jaxleak.cli.user_level.prepare`). Labels are
 hidden: the attack recovers the majority label from the gradient.
 
 Settings: B in {30, 100} x {label, dominant (70%)} users, `users` each; the
-attack against three baselines at the attack's measured wall-clock budget
-per user; then a DP-SGD table (clip 1, noise multipliers 0-2) on B = 30
-label users.
+attack (conditional and unconditional) against the baselines, the IG ones
+at the conditional attack's measured CPU seconds per user (`budget_method`);
+the DP-SGD table (clip 1, noise multipliers 0-2, B = 30 label users) runs
+from configs/dp.py. Label users first:
 
-  nice -n 10 python experiments/user_level/run.py \\
+  nice -n 19 python experiments/user_level/run.py \\
+      --config experiments/user_level/configs/default.py \\
+      --workdir experiments/user_level/results/default \\
+      '--config.modes=("label",)'
+
+then the same command without the override adds the dominant users:
+
+  nice -n 19 python experiments/user_level/run.py \\
       --config experiments/user_level/configs/default.py \\
       --workdir experiments/user_level/results/default
 """
