@@ -14,16 +14,20 @@ command skips what is done (resumable). Methods:
 * ``ig_single``: Inverting Gradients optimising one image against the batch
   gradient (an observation of batch size 1, label recovered), no prior;
 * ``prior_only``: the prior's unguided DDIM chain from random noise;
+* ``prior_only_cond``: the same chain conditioned on the recovered
+  majority label (with the conditional variant's guidance scale), no
+  gradient guidance: the baseline of ``user_level_diffusion_cond``;
 * ``user_level_diffusion_cond``: the attack with the class-conditional prior
   conditioned on the recovered majority label (a variant, not the paper's
   unconditional set-up: the label alone then steers the prior).
 
 Both IG baselines get the attack's steady-state seconds per user: a
-calibration record holds the attack's time per user and IG's seconds per
-step at each batch size (compiled programs reused), and IG runs
-``budget / s_per_step`` steps.
+calibration record holds the attack's (``budget_method``) CPU seconds per
+user and IG's CPU seconds per step at each batch size (compiled programs
+reused; CPU time of this process, because on a shared CPU wall time mostly
+measures the other jobs), and IG runs ``budget / s_per_step`` steps.
 
-  nice -n 10 python experiments/user_level/run.py \\
+  nice -n 19 python experiments/user_level/run.py \\
       --config experiments/user_level/configs/default.py \\
       --workdir experiments/user_level/results/default
   python experiments/user_level/run.py --config ... --workdir ... --report_only
@@ -73,6 +77,15 @@ def _settings(cfg):
   return out
 
 
+def _models_dir(cfg, workdir):
+  """Victim and judge checkpoints: ``cfg.models_dir`` (shared by the
+  studies; relative to the repository root) or ``<workdir>/models``."""
+  if cfg.get("models_dir"):
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), cfg.models_dir)
+  return os.path.join(workdir, "models")
+
+
 def _rep_path(workdir, setting, method, user):
   return os.path.join(workdir, "reps", setting, method, f"user{user:02d}.npy")
 
@@ -95,6 +108,7 @@ def _run_method(method, obs, prior, cfg, key, steps_ig):
     kw = dict(cfg.attack)
     if method == "user_level_diffusion_cond":
       kw["class_conditional"] = True  # The prior conditioned on ȳ.
+      kw.update(dict(cfg.get("attack_cond", {})))
     res = inversion.user_level_diffusion(obs, key=key, prior=prior, **kw)
     rep, extra = res.images, {"majority_label": res.majority_label,
                               "final_loss": res.final_loss}
@@ -115,6 +129,15 @@ def _run_method(method, obs, prior, cfg, key, steps_ig):
         prior, key, obs.image_shape, steps=cfg.attack.steps,
         num=cfg.attack.num_representatives)
     extra = {}
+  elif method == "prior_only_cond":
+    # The conditional variant's chain, conditioned on the recovered ȳ,
+    # with no gradient guidance: what the label alone gives.
+    y = user_level.majority_label(obs)[0]
+    rep = user_level.prior_representative(
+        prior, key, obs.image_shape, steps=cfg.attack.steps,
+        num=cfg.attack.num_representatives, label=y,
+        guidance_scale=cfg.get("attack_cond", {}).get("guidance_scale", 1.0))
+    extra = {"majority_label": y}
   else:
     raise ValueError(f"unknown method {method!r}")
   return np.asarray(rep, np.float32), time.perf_counter() - t0, extra
@@ -134,9 +157,16 @@ def _calibrate(workdir, cfg, setup, prior, users_by_b):
     rec["attack_s_per_user"] = float(cfg.budget_s)
     rec["budget_from_config"] = True
   else:
+    # CPU seconds of this process, not wall time: on a CPU shared with
+    # other jobs the wall time mostly measures their load, which changes
+    # between the calibration runs (CPU time = wall time on an idle box).
+    method = cfg.get("budget_method", "user_level_diffusion")
     for _ in range(2):  # The second run reuses the compiled step.
-      _, wall, _ = _run_method("user_level_diffusion", obs, prior, cfg, 0, 0)
-    rec["attack_s_per_user"] = wall
+      c0 = time.process_time()
+      _, wall, _ = _run_method(method, obs, prior, cfg, 0, 0)
+    rec["attack_s_per_user"] = time.process_time() - c0
+    rec["attack_wall_s_per_user"] = wall
+    rec["budget_method"] = method
   probe = 20
   for b, users in sorted(users_by_b.items()):
     obs = ul.observe_user(setup, users[0], key=0)
@@ -144,9 +174,10 @@ def _calibrate(workdir, cfg, setup, prior, users_by_b):
       if name not in cfg.methods or (name == "ig_single" and b != b0):
         continue
       for _ in range(2):
-        _, wall, _ = _run_method(name, obs, prior, cfg, 0, probe)
+        c0 = time.process_time()
+        _run_method(name, obs, prior, cfg, 0, probe)
       rec[f"{name}_B{b}_s_per_step" if name == "ig_batch_mean"
-          else "ig_single_s_per_step"] = wall / probe
+          else "ig_single_s_per_step"] = (time.process_time() - c0) / probe
   _log(f"calibration {rec}")
   _append(workdir, rec)
   return rec
@@ -162,7 +193,7 @@ def run(cfg, workdir):
   from jaxleak import diffusion  # pylint: disable=g-import-not-at-top
   from jaxleak.attacks import inversion  # pylint: disable=g-import-not-at-top
   from jaxleak.cli import user_level as ul  # pylint: disable=g-import-not-at-top
-  setup = ul.prepare(cfg.dataset, workdir=os.path.join(workdir, "models"),
+  setup = ul.prepare(cfg.dataset, workdir=_models_dir(cfg, workdir),
                      victim_model=cfg.victim, seed=cfg.seed, progress=False)
   _log(f"victim accuracy on the user pool {setup.victim_accuracy:.3f}, "
        f"judge {setup.judge_accuracy:.3f}")
@@ -196,8 +227,10 @@ def run(cfg, workdir):
     for method in todo:
       steps_ig = _ig_steps(calib, method, b) if method.startswith(
           "ig_") else 0
+      c0 = time.process_time()
       rep, wall, extra = _run_method(method, obs, prior, cfg,
                                      cfg.seed * 100003 + i, steps_ig)
+      extra["cpu_s"] = time.process_time() - c0
       path = _rep_path(workdir, name, method, i)
       os.makedirs(os.path.dirname(path), exist_ok=True)
       np.save(path, rep)
@@ -217,7 +250,7 @@ def summarise(cfg, workdir, setup=None, users=None):
   from jaxleak.attacks.inversion import user_metrics  # pylint: disable=g-import-not-at-top
   from jaxleak.cli import user_level as ul  # pylint: disable=g-import-not-at-top
   if setup is None:
-    setup = ul.prepare(cfg.dataset, workdir=os.path.join(workdir, "models"),
+    setup = ul.prepare(cfg.dataset, workdir=_models_dir(cfg, workdir),
                        victim_model=cfg.victim, seed=cfg.seed, progress=False)
     users = {name: ul.make_users(setup.pool, n, b, mode, cfg.share, cfg.seed)
              for name, b, mode, _, n, _ in _settings(cfg)}
@@ -248,9 +281,10 @@ def summarise(cfg, workdir, setup=None, users=None):
                                    f"{pair['batch_pairwise_max']:.3f}]"),
           "s_per_user": round(float(np.mean([mine[i]["wall_s"]
                                              for i in have])), 2),
+          "cpu_s_per_user": round(float(np.mean([mine[i].get("cpu_s", np.nan)
+                                                 for i in have])), 2),
           "ig_steps": mine[have[0]].get("steps", "")})
-      if method in ("user_level_diffusion", "ig_batch_mean", "ig_single",
-                    "prior_only") and nm is None:
+      if nm is None:
         k = min(len(have), 10)
         cells = np.concatenate([np.concatenate([r[:1] for r in reps[:k]]),
                                 np.stack([x[0] for x in batches[:k]]),

@@ -143,6 +143,12 @@ def register(subparsers) -> None:
                  help="DDIM steps back-propagated through (4)")
   u.add_argument("--num-representatives", type=_common.positive_int, default=None,
                  help="representative images per user (1)")
+  u.add_argument("--class-conditional", action="store_true", default=None,
+                 help="condition a class-conditional --prior on the majority "
+                      "label recovered from the gradient")
+  u.add_argument("--guidance-scale", type=float, default=None,
+                 help="classifier-free guidance weight of the conditional "
+                      "chain (1: none; with --class-conditional)")
   u.add_argument("--train-epochs", type=_common.positive_int, default=15,
                  help="epochs for training the victim and the judge")
   f = p.add_argument_group(
@@ -218,6 +224,8 @@ def _attack_kwargs(attack_fn, args) -> dict:
            "zeta": args.zeta, "guidance_rate": args.guidance_rate,
            "iterations": args.iterations, "window": args.window,
            "num_representatives": args.num_representatives,
+           "class_conditional": getattr(args, "class_conditional", None),
+           "guidance_scale": getattr(args, "guidance_scale", None),
            "sampling_steps": args.sampling_steps, "trainable": args.trainable,
            "rank": args.lora_rank, "distance": args.distance,
            "proximity": args.proximity}

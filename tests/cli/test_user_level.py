@@ -81,3 +81,22 @@ def test_user_level_cli_needs_users(tmp_path, capsys):
   assert cli.main(["attack", "--attack", "user_level_diffusion",
                    "--workdir", str(tmp_path)]) == 2
   assert "--users is required" in capsys.readouterr().err
+
+
+def test_user_level_cli_conditional_flags_reach_the_attack():
+  from jaxleak.attacks import inversion  # pylint: disable=g-import-not-at-top
+  from jaxleak.cli import attack  # pylint: disable=g-import-not-at-top
+  from jaxleak.cli import main as cli_main  # pylint: disable=g-import-not-at-top
+  args = cli_main.build_parser().parse_args(
+      ["attack", "--attack", "user_level_diffusion", "--users", "3",
+       "--class-conditional", "--guidance-scale", "3"])
+  kw = attack._attack_kwargs(inversion.user_level_diffusion, args)  # pylint: disable=protected-access
+  assert kw["class_conditional"] is True and kw["guidance_scale"] == 3.0
+  plain = cli_main.build_parser().parse_args(
+      ["attack", "--attack", "user_level_diffusion", "--users", "3"])
+  kw = attack._attack_kwargs(inversion.user_level_diffusion, plain)  # pylint: disable=protected-access
+  assert "class_conditional" not in kw and "guidance_scale" not in kw
+  wrong = cli_main.build_parser().parse_args(
+      ["attack", "--attack", "dlg", "--guidance-scale", "3"])
+  with pytest.raises(ValueError, match="--guidance-scale"):
+    attack._attack_kwargs(inversion.dlg, wrong)  # pylint: disable=protected-access

@@ -3,9 +3,10 @@
 The set-up of `default.py` (same victim, judge and user pool); each user's
 update is DP-SGD's: per-sample clipping to C = 1 and Gaussian noise of std
 sigma * C on the sum, divided by B (`inversion.DPClip`, weight rule and
-sensitivity from `jaxleak.dp`). B = 30 label users, labels hidden.
+sensitivity from `jaxleak.dp`). B = 30 label users, labels hidden; the
+conditional attack and the label-conditioned prior alone (`dp_methods`).
 
-  nice -n 10 python experiments/user_level/run.py \\
+  nice -n 19 python experiments/user_level/run.py \\
       --config experiments/user_level/configs/dp.py \\
       --workdir experiments/user_level/results/dp
 """

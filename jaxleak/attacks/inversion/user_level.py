@@ -53,6 +53,12 @@ Choices of this reconstruction (not from the paper): the default chain of
 clipping x̂₀ to [-1, 1] inside the chain as the prior's sampler does, and
 sampling a class-conditional prior unconditionally (its null class) by
 default, so that the class comes from the gradient, not from the label.
+Options beyond the described design: ``class_conditional`` conditions a
+class-conditional prior on the majority label recovered from the gradient
+(still a gradient-only attack: the label is read off the gradient), with
+classifier-free guidance ``guidance_scale`` inside the chain; and
+``num_candidates`` starts from the best of several unguided chain outputs
+by the same gradient objective.
 """
 
 from __future__ import annotations
@@ -85,6 +91,7 @@ __all__ = (
     "majority_label",
     "prior_representative",
     "run_chain",
+    "select_start",
     "stepwise_value_and_grad",
     "user_level_diffusion",
 )
@@ -215,6 +222,9 @@ class RepresentativeProblem:
     checkpoint: ``jax.checkpoint`` each UNet call.
     local_steps, local_lr, local_batch_size: the victim's protocol.
     matmul_conv: victim convolutions with matrix-product kernel derivatives.
+    guidance_scale: classifier-free guidance weight s of a conditional
+      prior (1: plain conditional); with s != 1 ``consts["cond"]`` holds
+      the k labels followed by k null labels.
   """
 
   unet_apply: Callable[..., Array]
@@ -229,12 +239,26 @@ class RepresentativeProblem:
   local_lr: float = 1e-3
   local_batch_size: int | None = None
   matmul_conv: bool = True
+  guidance_scale: float = 1.0
+
+  def guided_eps(self, prior_params: Any, x: Array, t: Array, cond: Any,
+                 checkpoint: bool = False) -> Array:
+    """The UNet's noise estimate; classifier-free guided when
+    ``guidance_scale != 1`` and a condition is given:
+    ``eps(x, null) + s (eps(x, cond) - eps(x, null))`` in one batched call
+    (``cond`` then holds the labels followed by the null labels)."""
+    f = self.unet_apply
+    if checkpoint:
+      f = jax.checkpoint(f)
+    if cond is None or self.guidance_scale == 1.0:
+      return f(prior_params, x, jnp.broadcast_to(t, (x.shape[0],)), cond)
+    both = f(prior_params, jnp.concatenate([x, x]),
+             jnp.broadcast_to(t, (2 * x.shape[0],)), cond)
+    e_cond, e_null = jnp.split(both, 2)
+    return e_null + self.guidance_scale * (e_cond - e_null)
 
   def eps(self, prior_params: Any, x: Array, t: Array, cond: Any) -> Array:
-    f = self.unet_apply
-    if self.checkpoint:
-      f = jax.checkpoint(f)
-    return f(prior_params, x, jnp.broadcast_to(t, (x.shape[0],)), cond)
+    return self.guided_eps(prior_params, x, t, cond, self.checkpoint)
 
   def ddim(self, schedule: Any, x: Array, t: Array, t_prev: Array,
            eps: Array) -> Array:
@@ -302,8 +326,7 @@ class RepresentativeProblem:
   def chain_step(self, consts: dict[str, Any], x: Array, t: Array,
                  t_prev: Array) -> Array:
     """One UNet call and DDIM step (no checkpoint: a single call)."""
-    eps = self.unet_apply(consts["prior"], x,
-                          jnp.broadcast_to(t, (x.shape[0],)), consts["cond"])
+    eps = self.guided_eps(consts["prior"], x, t, consts["cond"])
     return self.ddim(consts["schedule"], x, t, t_prev, eps)
 
 
@@ -330,6 +353,37 @@ def _chain_step_vjp(problem: RepresentativeProblem, consts, x, t, t_prev,
 @_compile.jit(static_argnums=0)
 def _tweedie_value_and_grad(problem: RepresentativeProblem, consts, x, t):
   return jax.value_and_grad(problem.tweedie_loss)(x, consts, t)
+
+
+@_compile.jit(static_argnums=0)
+def _objective(problem: RepresentativeProblem, consts, x0):
+  return problem.objective(x0, consts)
+
+
+def select_start(problem: RepresentativeProblem, consts: dict[str, Any],
+                 z: Array, num_candidates: int, key: Any, steps: int
+                 ) -> tuple[Array, tuple[float, ...]]:
+  """The best of `num_candidates` starting latents by the gradient objective.
+
+  Candidate 0 is `z` itself, the others fresh Gaussian draws; each is
+  decoded by the full unguided chain (all candidates in one batch) and
+  scored by ``problem.objective`` (the gradient distance at the chain's
+  output). Returns the winning latent and every candidate's loss.
+  """
+  k = z.shape[0]
+  extra = jax.random.normal(key, ((num_candidates - 1) * k,) + z.shape[1:],
+                            z.dtype)
+  zc = jnp.concatenate([z, extra])
+  cond = consts["cond"]
+  if cond is not None:  # Labels (then null labels) for every candidate.
+    lab, rest = cond[:k], cond[k:]
+    cond = jnp.concatenate([jnp.tile(lab, num_candidates),
+                            jnp.tile(rest, num_candidates)])
+  x0 = run_chain(problem, {**consts, "cond": cond}, zc, 0, steps)
+  losses = tuple(float(_objective(problem, consts, x0[i * k:(i + 1) * k]))
+                 for i in range(num_candidates))
+  best = int(np.argmin(losses))
+  return zc[best * k:(best + 1) * k], losses
 
 
 @jax.jit
@@ -377,11 +431,17 @@ def run_chain(problem: RepresentativeProblem, consts: dict[str, Any],
 def prior_representative(prior: Any, key: Any,
                          victim_shape: tuple[int, int, int], *,
                          steps: int = 20, num: int = 1,
-                         clip_x0: bool = True) -> np.ndarray:
+                         clip_x0: bool = True,
+                         label: int | None = None,
+                         guidance_scale: float = 1.0) -> np.ndarray:
   """The "prior alone" baseline: the unguided chain from random noise.
 
   Same chain, starting latent (``key``) and image bridge as
   `user_level_diffusion`, with no gradient guidance; ``[num, H, W, C]``.
+  With `label`, a class-conditional prior is conditioned on it (the
+  baseline for ``class_conditional=True``: the recovered label alone, no
+  gradient guidance), with classifier-free guidance weight
+  `guidance_scale`; None samples the null class.
   """
   from jaxleak import diffusion  # pylint: disable=g-import-not-at-top
   fn = "prior_representative"
@@ -390,15 +450,35 @@ def prior_representative(prior: Any, key: Any,
   problem = RepresentativeProblem(
       unet_apply=prior.apply_fn, victim_apply=None,
       prior_shape=tuple(prior.image_shape),
-      victim_shape=tuple(victim_shape), window=1, clip_x0=bool(clip_x0))
+      victim_shape=tuple(victim_shape), window=1, clip_x0=bool(clip_x0),
+      guidance_scale=float(guidance_scale))
+  validate.check_finite_number(guidance_scale, "guidance_scale", fn=fn)
+  cond = None
+  if label is not None:
+    if not prior.conditional:
+      raise ValueError(f"{fn}: argument 'label' given but prior "
+                       f"{prior.name!r} is unconditional")
+    label = validate.check_int(label, "label", fn=fn, low=0)
+    validate.check_in_range(label, "label", 0, prior.num_classes - 1, fn=fn)
+    cond = _condition(label, num, prior, guidance_scale)
   ts = diffusion.ddim_timesteps(prior.schedule.num_timesteps, steps)
   consts = {"prior": prior.params, "schedule": prior.schedule,
             "timesteps": jnp.asarray(np.append(ts, -1), jnp.int32),
-            "cond": None}
+            "cond": cond}
   z = jax.random.normal(key, (num,) + tuple(prior.image_shape), jnp.float32)
   x0 = run_chain(problem, consts, z, 0, steps)
   return np.asarray(jnp.clip(_victim_images(x0, problem.victim_shape), 0.0,
                              1.0), np.float32)
+
+
+def _condition(label: int, k: int, prior: Any, guidance_scale: float
+               ) -> Array:
+  """``consts["cond"]``: k labels, then k null labels when guided."""
+  cond = jnp.full((k,), label, jnp.int32)
+  if guidance_scale != 1.0:
+    cond = jnp.concatenate([cond, jnp.full((k,), prior.spec.null_class,
+                                           jnp.int32)])
+  return cond
 
 
 def _load_prior(prior: Any, fn: str):
@@ -417,7 +497,9 @@ def user_level_diffusion(
     stages: Sequence[tuple[int, int]] | None = None, window: int | None = 4,
     lr: float = 0.05, tv: float = 0.0, distance: str = "cosine",
     num_representatives: int = 1, class_conditional: bool = False,
-    clip_x0: bool = True, checkpoint: bool = True, matmul_conv: bool = True,
+    guidance_scale: float = 1.0, num_candidates: int = 1,
+    clip_x0: bool = True,
+    checkpoint: bool = True, matmul_conv: bool = True,
     project_latent: bool = True, loop: str | None = None,
     log_every: int = 10) -> UserLevelResult:
   """Recovers representative image(s) of a user's batch from its gradient.
@@ -446,6 +528,12 @@ def user_level_diffusion(
     num_representatives: k >= 1 representative images for the user.
     class_conditional: condition a class-conditional prior on ``ȳ`` (off by
       default: the null class, so the class must come from the gradient).
+    guidance_scale: classifier-free guidance weight of the conditional
+      chain (1: none; only with `class_conditional`); each UNet call then
+      evaluates the conditional and null branches in one batch.
+    num_candidates: draw this many starting latents, decode each with the
+      unguided chain and start from the one whose output best matches the
+      gradient (`select_start`; 1: the first draw, no selection).
     clip_x0: clip x̂₀ inside each DDIM step (as the prior's sampler).
     checkpoint: ``jax.checkpoint`` each UNet call in the window.
     matmul_conv: victim convolutions with matrix-product kernel derivatives.
@@ -479,6 +567,8 @@ def user_level_diffusion(
   steps = validate.check_int(steps, "steps", fn=FN)
   iterations = validate.check_int(iterations, "iterations", fn=FN)
   k = validate.check_int(num_representatives, "num_representatives", fn=FN)
+  num_candidates = validate.check_int(num_candidates, "num_candidates",
+                                      fn=FN)
   log_every = validate.check_int(log_every, "log_every", fn=FN)
   window = (steps if window is None
             else validate.check_int(window, "window", fn=FN))
@@ -510,7 +600,8 @@ def user_level_diffusion(
   y, confidence, how = majority_label(observation)
   use_cond = bool(class_conditional and prior.conditional
                   and prior.num_classes == observation.num_classes)
-  cond = jnp.full((k,), y, jnp.int32) if use_cond else None
+  validate.check_finite_number(guidance_scale, "guidance_scale", fn=FN)
+  cond = _condition(y, k, prior, guidance_scale) if use_cond else None
   problem = RepresentativeProblem(
       unet_apply=prior.apply_fn, victim_apply=observation.apply_fn,
       prior_shape=tuple(prior.image_shape),
@@ -518,7 +609,8 @@ def user_level_diffusion(
       distance=distance, clip_x0=bool(clip_x0), checkpoint=bool(checkpoint),
       local_steps=observation.local_steps, local_lr=observation.local_lr,
       local_batch_size=observation.local_batch_size,
-      matmul_conv=bool(matmul_conv))
+      matmul_conv=bool(matmul_conv),
+      guidance_scale=float(guidance_scale) if use_cond else 1.0)
   ts = diffusion.ddim_timesteps(prior.schedule.num_timesteps, steps)
   padded = np.concatenate([ts, -np.ones(window + 1, np.int32)])
   consts = {"prior": prior.params, "victim": observation.params,
@@ -529,6 +621,10 @@ def user_level_diffusion(
 
   ts_host = [jnp.asarray(v, jnp.int32) for v in padded]
   z = jax.random.normal(key, (k,) + tuple(prior.image_shape), jnp.float32)
+  candidate_losses = None
+  if num_candidates > 1:
+    z, candidate_losses = select_start(problem, consts, z, num_candidates,
+                                       jax.random.fold_in(key, 1), steps)
   z = run_chain(problem, consts, z, 0, stages[0][0])  # An optional z_t start.
   history, done, position = [], 0, stages[0][0]
   lr_arr = jnp.asarray(lr, jnp.float32)
@@ -573,9 +669,12 @@ def user_level_diffusion(
   hyper = {"prior": prior.name, "steps": steps, "window": window,
            "lr": float(lr), "tv": float(tv), "distance": distance,
            "num_representatives": k, "class_conditional": use_cond,
+           "guidance_scale": float(guidance_scale) if use_cond else 1.0,
            "clip_x0": bool(clip_x0), "checkpoint": bool(checkpoint),
            "matmul_conv": bool(matmul_conv), "loop": loop,
            "project_latent": bool(project_latent),
+           "num_candidates": num_candidates,
+           "candidate_losses": candidate_losses,
            "label_strategy": how,
            "stages": [list(s) for s in stages]}
   return UserLevelResult(

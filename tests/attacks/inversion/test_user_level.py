@@ -189,3 +189,70 @@ def test_bad_observation_and_ground_truth(prior, user):
   with pytest.raises(ValueError, match="'ground_truth' must have the user"):
     ul.user_level_diffusion(obs, key=0, prior=prior, steps=STEPS,
                             ground_truth=x[:2])
+
+
+@pytest.fixture(scope="module")
+def cond_prior():
+  """A tiny random-weight class-conditional prior (16x16x1, 3 classes)."""
+  spec = diffusion.UNetSpec(resolution=16, channels=1,
+                            block_out_channels=(32,), num_classes=3)
+  shapes = jax.eval_shape(lambda k: diffusion.init_unet(spec, k),
+                          jax.random.key(0))
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(
+      lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype),
+      shapes)
+  # A strong class embedding, so that the label visibly changes eps.
+  params["class_embedding"] = jnp.asarray(
+      5.0 * rng.standard_normal(params["class_embedding"].shape),
+      jnp.float32)
+  return diffusion.Prior("tiny_cond", spec, params,
+                         diffusion.linear_schedule(1000))
+
+
+def test_guided_eps_is_classifier_free_guidance(cond_prior):
+  p = cond_prior
+  problem = ul.RepresentativeProblem(
+      unet_apply=p.apply_fn, victim_apply=None, prior_shape=p.image_shape,
+      victim_shape=p.image_shape, guidance_scale=4.0)
+  x = jax.random.normal(jax.random.key(5), (2, 16, 16, 1))
+  cond = ul._condition(1, 2, p, 4.0)  # pylint: disable=protected-access
+  assert cond.tolist() == [1, 1, 3, 3]  # Labels, then the null class.
+  t = jnp.asarray(600)
+  got = _jit(problem.guided_eps)(p.params, x, t, cond)
+  e_c = p.apply_fn(p.params, x, jnp.full((2,), 600), jnp.full((2,), 1))
+  e_n = p.apply_fn(p.params, x, jnp.full((2,), 600), jnp.full((2,), 3))
+  assert float(jnp.abs(e_c - e_n).max()) > 1e-3  # The label matters.
+  np.testing.assert_allclose(got, e_n + 4.0 * (e_c - e_n), rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_prior_representative_label(cond_prior, prior):
+  a = ul.prior_representative(cond_prior, 0, (16, 16, 1), steps=3, label=0)
+  b = ul.prior_representative(cond_prior, 0, (16, 16, 1), steps=3, label=2,
+                              guidance_scale=3.0)
+  assert a.shape == b.shape == (1, 16, 16, 1)
+  assert float(np.abs(a - b).max()) > 1e-3
+  with pytest.raises(ValueError, match="unconditional"):
+    ul.prior_representative(prior, 0, (16, 16, 1), steps=3, label=0)
+  with pytest.raises(ValueError, match="label"):
+    ul.prior_representative(cond_prior, 0, (16, 16, 1), steps=3, label=3)
+
+
+def test_select_start_picks_the_best_candidate(prior, user):
+  apply_fn, params, x, y = user
+  obs = inversion.observe(apply_fn, params, x, y, key=0)
+  problem = _problem(prior, obs, 1)
+  consts = _consts(prior, obs, 1)
+  z = jax.random.normal(jax.random.key(7), (1, 16, 16, 1))
+  best, losses = ul.select_start(problem, consts, z, 3, jax.random.key(8),
+                                 STEPS)
+  assert len(losses) == 3 and len(set(losses)) == 3
+  # Candidate 0 is z; every loss is the objective at the chain's output.
+  ref = [float(_full_chain_loss(prior, obs, c, 0)) for c in (
+      z, *jnp.split(jax.random.normal(jax.random.key(8), (2, 16, 16, 1)),
+                    2))]
+  np.testing.assert_allclose(losses, ref, rtol=1e-4, atol=1e-5)
+  i = int(np.argmin(losses))
+  np.testing.assert_array_equal(best, z if i == 0 else jax.random.normal(
+      jax.random.key(8), (2, 16, 16, 1))[i - 1:i])
