@@ -16,13 +16,12 @@ its representative, the paper's Figure 1 layout); the summary goes to
 import os
 import time
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 import numpy as np
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
+from jaxleak import launch
+
+_CONFIG, _WORKDIR = launch.define_config_flags()
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False,
                                  "only summarise results.jsonl")
 
@@ -233,10 +232,8 @@ def summarise(cfg, workdir, setup=None, users=None):
 
 def main(argv):
   del argv
-  cfg, workdir = _CONFIG.value, _WORKDIR.value
-  if cfg is None or not workdir:
-    raise app.UsageError("--config and --workdir are required")
-  os.makedirs(workdir, exist_ok=True)
+  cfg = _CONFIG.value
+  workdir = launch.study_workdir(_WORKDIR.value)
   if _REPORT_ONLY.value:
     summarise(cfg, workdir)
     return
@@ -245,4 +242,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run(main)

@@ -38,13 +38,12 @@ import dataclasses
 import os
 import time
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 import numpy as np
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
+from jaxleak import launch
+
+_CONFIG, _WORKDIR = launch.define_config_flags()
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False,
                                  "only summarise results.jsonl")
 
@@ -329,10 +328,8 @@ def summarise(cfg, workdir, setup=None, users=None):
 
 def main(argv):
   del argv
-  cfg, workdir = _CONFIG.value, _WORKDIR.value
-  if cfg is None or not workdir:
-    raise app.UsageError("--config and --workdir are required")
-  os.makedirs(workdir, exist_ok=True)
+  cfg = _CONFIG.value
+  workdir = launch.study_workdir(_WORKDIR.value)
   if _REPORT_ONLY.value:
     summarise(cfg, workdir)
     return
@@ -341,4 +338,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run(main)
