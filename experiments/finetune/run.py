@@ -52,6 +52,30 @@ def _log(msg):
   print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
+_APPLY_FNS = {}
+
+
+def _victim_apply(cfg, res, num_classes):
+  """One victim `apply_fn` per resolution, shared by every target.
+
+  `ModelFn` hashes by identity and is a static argument of the attacks'
+  jitted steps: sharing it lets every target, prior and defence at one
+  resolution reuse one compiled fine-tuning step (and one IG step), the
+  observation (gradient, victim params) travelling as arguments.
+  """
+  # pylint: disable=g-import-not-at-top
+  import jax
+
+  from jaxleak import models
+  # pylint: enable=g-import-not-at-top
+  k = (cfg.model, res, num_classes)
+  if k not in _APPLY_FNS:
+    _APPLY_FNS[k], _ = models.create(cfg.model, num_classes, (res, res, 3),
+                                     jax.random.key(0),
+                                     **dict(cfg.model_kwargs))
+  return _APPLY_FNS[k]
+
+
 def _observation(cfg, res, target, defence=None):
   """The victim's observation of one named sample image at res x res."""
   # pylint: disable=g-import-not-at-top
@@ -66,8 +90,9 @@ def _observation(cfg, res, target, defence=None):
   images = np.asarray(ds.images[idx:idx + 1], np.float32)
   labels = np.asarray(ds.labels[idx:idx + 1], np.int32)
   key = jax.random.fold_in(jax.random.key(cfg.seed), idx)
-  apply_fn, params = models.create(cfg.model, ds.num_classes, (res, res, 3),
-                                   key, **dict(cfg.model_kwargs))
+  _, params = models.create(cfg.model, ds.num_classes, (res, res, 3), key,
+                            **dict(cfg.model_kwargs))
+  apply_fn = _victim_apply(cfg, res, ds.num_classes)
   obs = inversion.observe(apply_fn, params, images, labels, key=key,
                           defence=defence)
   return obs, images
@@ -261,6 +286,11 @@ def main(argv):
   cfg = _CONFIG.value
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
+  if cfg.get("compilation_cache_dir"):
+    # Persistent XLA cache: a restarted (resumed) run skips recompiling.
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update("jax_compilation_cache_dir", cfg.compilation_cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   from jaxleak import report  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, "results.jsonl")
   records = report.read_jsonl(path) if os.path.exists(path) else []
