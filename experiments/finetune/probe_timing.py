@@ -14,7 +14,6 @@ import os
 import time
 
 import jax
-import numpy as np
 
 from jaxleak import data
 from jaxleak import models
