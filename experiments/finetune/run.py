@@ -168,6 +168,7 @@ def _execute(cfg, spec, done, workdir):
   from jaxleak.attacks import inversion  # pylint: disable=g-import-not-at-top
   res, target = spec["resolution"], spec["target"]
   ft = dict(cfg.finetune)
+  ft["steps"] = dict(cfg.get("finetune_steps", ())).get(res, ft["steps"])
   if spec["kind"] == "finetune":
     obs, truth = _observation(cfg, res, target)
     rec, r = _run("diffusion_finetune", obs, truth, prior=spec["prior"],
@@ -201,6 +202,13 @@ def _execute(cfg, spec, done, workdir):
           titles=[f"IG {steps} steps", "target"])
     return rec
   # Defences on one target.
+  clean = done.get(_key({"kind": "finetune", "resolution": res,
+                         "target": target, "prior": cfg.priors[0]}))
+  if spec["defence"] == "gaussian" and spec["level"] == 0 and clean:
+    # Noise of std 0 leaves the observation unchanged: the clean run.
+    return {k: v for k, v in clean.items()
+            if k not in ("spec", "load_average", "elapsed_s")} | {
+                "reused": "clean finetune record"}
   if spec["defence"] == "gaussian":
     defence = inversion.GaussianNoise(std=spec["level"], relative=True)
   else:
