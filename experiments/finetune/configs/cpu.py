@@ -20,5 +20,4 @@ def get_config():
                 "trainable": "all", "snapshots": 6, "loop": "scan"}
   # (resolution, fine-tuning updates) overriding finetune.steps.
   c.finetune_steps = ((64, 50), (128, 30))
-  c.fast_compile = False
   return c
