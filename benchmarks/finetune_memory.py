@@ -36,18 +36,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _child(res: int, s: int, remat: bool, loop: str, run: bool,
-           victim: str, fast_compile: bool = False) -> dict:
+           victim: str, fast_compile: bool = False, num_classes: int = 10,
+           norm: str | None = None, cache: str | None = None) -> dict:
   sys.path.insert(0, ROOT)
   # pylint: disable=g-import-not-at-top
   import jax
   import numpy as np
+  if cache:  # persistent XLA cache (shared with experiments/finetune/run.py)
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
   from jaxleak import models
   from jaxleak.attacks import inversion
   from jaxleak.attacks.inversion import diffusion_finetuning as dft
   # pylint: enable=g-import-not-at-top
   kw = {"width": 32} if victim == "convnet" else {}
-  apply_fn, params = models.create(victim, 10, (res, res, 3),
+  if norm:
+    kw["norm"] = norm
+  apply_fn, params = models.create(victim, num_classes, (res, res, 3),
                                    jax.random.key(0), **kw)
   x = np.random.default_rng(0).uniform(size=(1, res, res, 3)).astype(
       np.float32)
@@ -60,6 +66,7 @@ def _child(res: int, s: int, remat: bool, loop: str, run: bool,
     mem = dft.step_memory(setup)
   row = {"resolution": res, "sampling_steps": s, "remat": remat,
          "loop": loop, "victim": victim, "fast_compile": fast_compile,
+         "num_classes": num_classes, "norm": norm,
          "compile_s": time.perf_counter() - t0,
          **{f"xla_{k}": v for k, v in mem.items()}}
   if run:
@@ -97,6 +104,11 @@ def main(argv=None) -> int:
   p.add_argument("--remat", choices=("on", "off", "both"), default="both")
   p.add_argument("--loop", default="unrolled", choices=("unrolled", "scan"))
   p.add_argument("--victim", default="convnet")
+  p.add_argument("--num-classes", type=int, default=10)
+  p.add_argument("--norm", default=None,
+                 help="victim normalisation (convnet: 'group' as the study)")
+  p.add_argument("--cache", default=None,
+                 help="persistent XLA compilation cache folder")
   p.add_argument("--fast-compile", action="store_true",
                  help="XLA:CPU fast-compile options (inversion.FAST_COMPILE): "
                       "compiles several times faster; less fusion, so more "
@@ -129,7 +141,9 @@ def main(argv=None) -> int:
           continue
         cfg = {"res": res, "s": s, "remat": remat, "loop": args.loop,
                "run": args.run, "victim": args.victim,
-               "fast_compile": args.fast_compile}
+               "fast_compile": args.fast_compile,
+               "num_classes": args.num_classes, "norm": args.norm,
+               "cache": args.cache}
         try:
           proc = subprocess.run(
               [sys.executable, os.path.abspath(__file__), "--child",

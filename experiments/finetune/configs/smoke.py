@@ -12,7 +12,7 @@ def get_config():
   c.resolutions = (64,)
   c.targets = ("coffee",)
   c.finetune = {"steps": 10, "lr": 1e-3, "sampling_steps": 5,
-                "trainable": "all", "snapshots": 3}
+                "trainable": "all", "snapshots": 3, "loop": "scan"}
   c.log_every = 2
   c.ig_budget_fractions = (1.0,)
   c.ig_calibration_steps = 5

@@ -231,3 +231,19 @@ def test_cli_writes_target_reconstruction_strip_and_memory(tmp_path, capsys):
     assert "argument 'resolution' (66)" in err and "factor 4" in err
   finally:
     del inversion.ATTACKS["snapshot_test"]
+
+
+def test_lifted_grey_prior_starts_from_grey_noise(prior):
+  spec, lifted = dft.lift_prior(prior.spec, prior.params, 16, 3)
+  rgb = diffusion.Prior("grey_lifted", spec, lifted, prior.schedule,
+                        info={"trained_channels": 1})
+  x_T = np.asarray(dft.initial_noise(rgb, 2, jax.random.key(0)))
+  assert x_T.shape == (2, 16, 16, 3)
+  np.testing.assert_array_equal(x_T[..., 0], x_T[..., 2])
+  assert 0.8 < x_T.std() < 1.2
+  # A prior trained on these channels keeps independent channels.
+  native = np.asarray(dft.initial_noise(prior, 1, jax.random.key(0)))
+  assert native.shape == (1, 16, 16, 1)
+  rgb_native = diffusion.Prior("rgb", spec, lifted, prior.schedule)
+  x3 = np.asarray(dft.initial_noise(rgb_native, 1, jax.random.key(0)))
+  assert np.abs(x3[..., 0] - x3[..., 1]).max() > 0.5
