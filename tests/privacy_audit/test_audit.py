@@ -106,7 +106,10 @@ def test_rerun_resumes_without_recomputing(audit_run):
 
 def test_other_configuration_in_the_same_workdir_is_refused(audit_run):
   workdir = audit_run[0]
-  with pytest.raises(ValueError, match="--workdir"):
+  # Called as a library it names its argument; the CLI says --workdir
+  # (tests/cli/test_cli_workdir.py).
+  with pytest.raises(ValueError,
+                     match="argument 'workdir'=.* holds a different run"):
     pipeline.run_audit(pipeline.AuditConfig.quick(epochs=2), workdir,
                        progress=False)
 
