@@ -27,6 +27,7 @@ Needs the ``[experiments]`` extra (absl-py, ml-collections).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import importlib.util
 import os
 import sys
 import time
@@ -36,7 +37,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-__all__ = ("define_config_flags", "run", "study_workdir", "timed_study")
+__all__ = ("define_config_flags", "run", "sibling_config", "study_workdir",
+           "timed_study")
 
 
 def define_config_flags(*, config_help: str = "get_config() file",
@@ -110,3 +112,18 @@ def timed_study(workdir: str, summarise: Callable[[], Any],
     run_all()
   summarise()
   print(f"done in {time.time() - t0:.0f} s; wrote {workdir}")
+
+
+def sibling_config(config_file: str, name: str, *args: Any) -> Any:
+  """``get_config(*args)`` of the config file `name`.py next to `config_file`.
+
+  Config files are loaded by path (``--config path.py``), not as a package,
+  so a variant of a study's config (``smoke.py`` of ``acceptance.py``) reads
+  its base through this instead of ``from experiments... import``.
+  """
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)),
+                      f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*args)

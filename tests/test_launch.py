@@ -5,6 +5,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+from jaxleak import launch
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _CONFIG = textwrap.dedent("""
@@ -77,3 +81,13 @@ def test_missing_config_and_helpshort(tmp_path):
   out = _run(tmp_path, "--helpshort")  # absl exits 1 after the help
   for flag in ("--config", "--workdir", "--[no]extra"):
     assert flag in out.stdout, out.stdout
+
+
+def test_sibling_config_loads_the_base_config_next_to_a_file(tmp_path):
+  (tmp_path / "base.py").write_text(
+      "def get_config(scale=1):\n  return {'steps': 10 * scale}\n")
+  variant = tmp_path / "variant.py"
+  assert launch.sibling_config(str(variant), "base") == {"steps": 10}
+  assert launch.sibling_config(str(variant), "base", 3) == {"steps": 30}
+  with pytest.raises(FileNotFoundError):
+    launch.sibling_config(str(variant), "missing")

@@ -37,13 +37,12 @@ import json
 import os
 import time
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 import numpy as np
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "get_config() file")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
+from jaxleak import launch
+
+_CONFIG, _WORKDIR = launch.define_config_flags()
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False,
                                  "only summarise results.jsonl")
 
@@ -292,8 +291,7 @@ def _write_report(cfg, workdir, records):
 def main(argv):
   del argv
   cfg = _CONFIG.value
-  workdir = _WORKDIR.value
-  os.makedirs(workdir, exist_ok=True)
+  workdir = launch.study_workdir(_WORKDIR.value)
   if cfg.get("compilation_cache_dir"):
     # Persistent XLA cache: a restarted (resumed) run skips recompiling.
     import jax  # pylint: disable=g-import-not-at-top
@@ -333,4 +331,4 @@ def _run_all(cfg, workdir, path, records, done):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  launch.run(main)

@@ -6,11 +6,11 @@ noise levels (a few minutes on CPU, mostly compilation).
       --config.prior=/tmp/ptime/prior --workdir /tmp/dg_smoke
 """
 
-from experiments.diffusion_attacks.configs import acceptance
+from jaxleak import launch
 
 
 def get_config():
-  c = acceptance.get_config()
+  c = launch.sibling_config(__file__, "acceptance")
   c.study = "smoke"
   c.trials = 1
   c.models = {"lenet": {"model": "lenet", "init": "default"}}

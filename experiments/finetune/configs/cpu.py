@@ -9,11 +9,11 @@ noise 0 reusing the clean run.
       --workdir experiments/finetune/results/cpu
 """
 
-from experiments.finetune.configs import acceptance
+from jaxleak import launch
 
 
 def get_config():
-  c = acceptance.get_config()
+  c = launch.sibling_config(__file__, "acceptance")
   # clip_x0: the shipped lfw_faces prior's unclipped DDIM chain leaves only
   # 2-7% of pixels in range (even at its own 32 px); clipped, it samples a
   # grey face-like image. The same setting for the random-UNet ablation.

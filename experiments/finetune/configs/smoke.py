@@ -4,11 +4,11 @@
       --config experiments/finetune/configs/smoke.py --workdir /tmp/ft_smoke
 """
 
-from experiments.finetune.configs import acceptance
+from jaxleak import launch
 
 
 def get_config():
-  c = acceptance.get_config()
+  c = launch.sibling_config(__file__, "acceptance")
   c.resolutions = (64,)
   c.targets = ("coffee",)
   c.finetune = {"steps": 10, "lr": 1e-3, "sampling_steps": 5,

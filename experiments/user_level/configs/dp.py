@@ -11,25 +11,11 @@ conditional attack and the label-conditioned prior alone (`dp_methods`).
       --workdir experiments/user_level/results/dp
 """
 
-import importlib.util
-import os
-
-
-def _load_default():
-  # The sibling config file, loaded by path (config files are not a package).
-  spec = importlib.util.spec_from_file_location(
-      "user_level_default_config",
-      os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-default = _load_default()
+from jaxleak import launch
 
 
 def get_config():
-  c = default.get_config()
+  c = launch.sibling_config(__file__, "default")
   c.batch_sizes = ()
   c.modes = ()
   c.dp_noise_multipliers = (0.0, 0.1, 0.5, 1.0, 2.0)
