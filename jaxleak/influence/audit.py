@@ -89,6 +89,12 @@ def predict(apply_fn: Any, params: Any, x: Any, y: Any, delta: Any, *,
   `lower_bound`), ``delta_norm``, and with `noise_std` the Hutchinson
   ``i2f_expected = sqrt(E[I^2])`` at the first eps (no noise sampled).
   """
+  # Checked before any I²F solve, so a bad value fails at once.
+  for eps in eps_values:
+    validate.check_positive(eps, "eps_values", fn="predict")
+  if noise_std is not None:
+    validate.check_positive(noise_std, "noise_std", fn="predict",
+                            allow_zero=True)
   out: dict[str, float] = {}
   for i, eps in enumerate(eps_values):
     norm, _ = _i2f(apply_fn, params, x, y, delta, eps=float(eps))

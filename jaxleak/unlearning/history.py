@@ -176,7 +176,8 @@ def train_with_history(apply_fn: ApplyFn, params: Params, data: Any,
     snapshots: m >= 0 epoch-end snapshots for Mini-Unlearning (at most
       epochs - 1).
     cache_steps: keep DeltaGrad's per-step cache.
-    max_history_bytes: memory budget of the history (None: unbounded).
+    max_history_bytes: memory budget of the history in bytes (> 0; None:
+      unbounded).
     on_budget: "raise" or "stride" (see the module docstring).
     workdir: folder to store the history in (and resume from).
     progress: show a tqdm bar over epochs.
@@ -204,6 +205,8 @@ def train_with_history(apply_fn: ApplyFn, params: Params, data: Any,
         f"{fn}: argument 'snapshots'={snapshots} must be at most epochs - 1 = "
         f"{recipe.epochs - 1} (one snapshot per earlier epoch end)")
   validate.check_choice(on_budget, "on_budget", BUDGET_POLICIES, fn=fn)
+  if max_history_bytes is not None:  # None is the unbounded budget
+    validate.check_positive(max_history_bytes, "max_history_bytes", fn=fn)
   validate.check_finite(params, "params", fn=fn)
 
   w0, unravel = _sgd.flatten(params)

@@ -50,3 +50,24 @@ def test_gaussian_perturbation_shape_and_scale():
   for x, y in zip(jax.tree.leaves(d), jax.tree.leaves(same)):
     np.testing.assert_array_equal(x, y)
   np.testing.assert_allclose(audit.predicted_rmse(28.0, (28, 28, 1)), 1.0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_audit_rejects_non_finite_noise_and_damping(bad):
+  """Item 2: the I²F audit helpers name the NaN/Inf noise std or damping."""
+  apply_fn, params = models.create("mlp", 3, (3, 3, 1), jax.random.key(0),
+                                   hidden=(4,))
+  x = np.full((1, 3, 3, 1), 0.5, np.float32)
+  y = np.array([2])
+  with pytest.raises(ValueError, match="gaussian_perturbation: argument "
+                     "'std' must be finite"):
+    audit.gaussian_perturbation(params, bad, 0)
+  delta = audit.gaussian_perturbation(params, 1e-2, 0)
+  # Before any solve (this used to compile and run I²F and its lower bound
+  # first, and name i2f_expectation's argument).
+  with pytest.raises(ValueError, match="predict: argument 'eps_values' must "
+                     "be finite"):
+    audit.predict(apply_fn, params, x, y, delta, eps_values=(1.0, bad))
+  with pytest.raises(ValueError, match="predict: argument 'noise_std' must be "
+                     "finite"):
+    audit.predict(apply_fn, params, x, y, delta, noise_std=bad)

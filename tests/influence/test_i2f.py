@@ -274,3 +274,29 @@ def test_matmul_conv_path_matches_plain_convolutions():
   assert float(n_mm) > 0
   np.testing.assert_allclose(n_mm, n_xla, rtol=1e-4)
   np.testing.assert_allclose(b_mm, b_xla, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("fn, name", [
+    ("i2f", "eps"), ("i2f", "tol"), ("i2f", "gd_lr"), ("i2f_per_image", "eps"),
+    ("i2f_expectation", "eps"), ("i2f_expectation", "noise_std"),
+])
+def test_non_finite_hyperparameters_raise_naming_the_argument(small, fn, name,
+                                                              bad):
+  """Item 2: the library's I²F entry points reject NaN/Inf damping, noise,
+  tolerance and step size with a ValueError naming the argument."""
+  apply_fn, params, x, delta = small
+  y = np.array([2])
+  if fn == "i2f":
+    call = lambda v: influence.i2f(apply_fn, params, x, y, delta, solver=(
+        "gd" if name == "gd_lr" else "cg"), **{name: v})
+  elif fn == "i2f_per_image":
+    deltas = jax.tree.map(lambda d: d[None], delta)
+    call = lambda v: influence.i2f_per_image(apply_fn, params, x, y, deltas,
+                                             eps=v)
+  else:
+    call = lambda v: influence.i2f_expectation(
+        apply_fn, params, x, y, **{"noise_std": 0.1, "key": 0, name: v})
+  with pytest.raises(ValueError, match=f"{fn}: argument '{name}' must be "
+                     "finite"):
+    call(bad)

@@ -104,3 +104,27 @@ def test_recipe_schedules():
     ul.sgd_recipe(4, 8, 0.1, schedule="linear")
   with pytest.raises(ValueError, match="'batch_size'"):
     ul.sgd_recipe(4, 0, 0.1)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("name", ["learning_rate", "l2"])
+def test_sgd_recipe_rejects_non_finite_values_naming_them(name, bad):
+  """Item 2: sgd_recipe(learning_rate/l2=nan/inf) names the argument."""
+  lr = bad if name == "learning_rate" else 0.1
+  l2 = bad if name == "l2" else 0.0
+  with pytest.raises(ValueError, match=f"sgd_recipe: argument '{name}' must "
+                     "be finite"):
+    ul.sgd_recipe(2, 32, lr, l2=l2)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0, -1.0])
+def test_history_budget_must_be_a_finite_positive_number(digits, logreg,
+                                                         recipe, bad):
+  """Item 2: max_history_bytes=nan used to fail as 'needs 0.1 MiB but ... is
+  nan MiB' and inf was accepted; both now name the argument before work."""
+  train = digits[0]
+  apply_fn, params = logreg(train)
+  with pytest.raises(ValueError, match="train_with_history: argument "
+                     "'max_history_bytes' must be finite and > 0"):
+    ul.train_with_history(apply_fn, params, train, recipe,
+                          max_history_bytes=bad)

@@ -172,3 +172,33 @@ def test_neg_grad_raises_forget_loss(model, trained, forget30, digits):
   out = ul.neg_grad(model, history, forget30, train, learning_rate=0.5)
   after = training.evaluate(model.apply_fn, out, forget_set)["loss"]
   assert after > before
+
+
+# Item 2: non-finite hyper-parameters are errors naming the argument in the
+# library too, not only behind the CLI's typed flags.
+NON_FINITE_HYPERPARAMETERS = [
+    ("mini_unlearning", "step_size"),
+    ("mini_unlearning", "max_step_norm"),
+    ("mini_unlearning", "prox"),
+    ("finetune", "learning_rate"),
+    ("neg_grad", "learning_rate"),
+    ("deltagrad", "sigma_min"),
+]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("method, name", NON_FINITE_HYPERPARAMETERS)
+def test_unlearners_reject_non_finite_hyperparameters_naming_them(
+    model, trained, digits, method, name, bad):
+  """Item 2: unlearning.get(method, name=nan/inf) fails naming `name`."""
+  _, history = trained
+  with pytest.raises(ValueError, match=f"{method}: argument '{name}' must be "
+                     "finite"):
+    ul.get(method, **{name: bad})(model, history, [1, 2], digits[0])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_forget_ratio_must_be_finite(bad):
+  """Item 2: random_forget_set(ratio=nan/inf) names 'ratio'."""
+  with pytest.raises(ValueError, match="random_forget_set: argument 'ratio'"):
+    ul.random_forget_set(100, bad, 0)

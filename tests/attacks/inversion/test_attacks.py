@@ -253,3 +253,44 @@ def test_attacks_are_option_sets_of_one_attacker(digit):
     inversion.dlg(obs, key=0, tv=0.1)
   with pytest.raises(TypeError, match="unknown option"):
     config.replace(colour="red")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("name", ["dlg", "idlg", "inverting_gradients",
+                                  "grad_inversion"])
+def test_run_attack_rejects_a_non_finite_learning_rate(digit, name, bad):
+  """Item 2: run_attack(name, lr=nan/inf) is a ValueError naming 'lr'."""
+  apply_fn, params, x, y = digit
+  obs = inversion.observe(apply_fn, params, x, y, key=0)
+  with pytest.raises(ValueError, match=f"{name}: argument 'lr' must be "
+                     "finite"):
+    inversion.run_attack(name, obs, key=0, lr=bad, steps=1)
+
+
+@pytest.mark.parametrize("option", ["distance_scale", "tv", "l2", "bn",
+                                    "bn_first_layer_scale", "langevin"])
+def test_run_attack_rejects_non_finite_weights(digit, option):
+  """Item 2: NaN/Inf objective weights and noise are named, not optimised."""
+  apply_fn, params, x, y = digit
+  obs = inversion.observe(apply_fn, params, x, y, key=0)
+  for bad in (float("nan"), float("inf")):
+    with pytest.raises(ValueError, match=f"gradient_matching: argument "
+                       f"'{option}' must be finite"):
+      inversion.gradient_matching(obs, inversion.AttackConfig(
+          steps=1, **{option: bad}), key=0)
+
+
+def test_observation_and_defences_reject_non_finite_values(digit):
+  """Item 2: the victim's local lr and the defences' noise must be finite."""
+  apply_fn, params, x, y = digit
+  for bad in (float("nan"), float("inf")):
+    with pytest.raises(ValueError, match="observe: argument 'local_lr' must "
+                       "be finite"):
+      inversion.observe(apply_fn, params, x, y, key=0, local_steps=2,
+                        local_lr=bad)
+    with pytest.raises(ValueError, match="GaussianNoise: argument 'std' must "
+                       "be finite"):
+      inversion.GaussianNoise(std=bad)
+    with pytest.raises(ValueError, match="DPClip: argument 'noise_multiplier' "
+                       "must be finite"):
+      inversion.DPClip(l2_norm_clip=1.0, noise_multiplier=bad)

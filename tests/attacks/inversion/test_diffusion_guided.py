@@ -183,3 +183,18 @@ def test_cli_diffusion_attack_writes_trajectory_png(prior, tmp_path):
     assert (workdir / name).stat().st_size > 0, name
   text = (workdir / "report.md").read_text()
   assert "x0_hat trajectory" in text and "guidance_rate" in text
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("attack, option", [
+    ("diffusion_dps", "zeta"), ("diffusion_dps", "eta"),
+    ("diffusion_dsg", "guidance_rate"), ("diffusion_dsg", "eta"),
+])
+def test_non_finite_guidance_is_named_before_sampling(prior, victim, attack,
+                                                      option, bad):
+  """Item 2: run_attack with NaN/Inf guidance or eta names the argument."""
+  obs, _ = victim
+  with pytest.raises(ValueError, match=f"{attack}: argument '{option}' must "
+                     "(be finite|be in)"):
+    inversion.run_attack(attack, obs, key=0, prior=prior, steps=STEPS,
+                         **{option: bad})
