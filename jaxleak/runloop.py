@@ -67,6 +67,10 @@ __all__ = (
 StepFn = Callable[[int, Any, dict], tuple[Any, dict, dict]]
 
 
+PROGRESS_INTERVAL_S = 1.0
+"""Seconds between redraws of the progress bar."""
+
+
 class Preempted(RuntimeError):
   """A run stopped on purpose (``stop_after``) after checkpointing; rerun it."""
 
@@ -405,8 +409,12 @@ class RunLoop:
     bar = None
     if self.progress and start < self.total_steps:
       from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+      # Redrawn at most once a second (and never by set_postfix below): in a
+      # log file each redraw is a line, so not one per step. The rate
+      # (steps/s) is part of every redraw.
       bar = tqdm(total=self.total_steps, initial=start, desc=self.name,
-                 unit=self.unit, dynamic_ncols=True)
+                 unit=self.unit, dynamic_ncols=True,
+                 mininterval=PROGRESS_INTERVAL_S)
     self._t0 = time.perf_counter()
     try:
       with self._deferred_sigint():

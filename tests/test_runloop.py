@@ -225,3 +225,28 @@ def test_report_config_shows_the_default_workdir(tmp_path, monkeypatch):
   report_md = (tmp_path / "runs" / "train-mlp-digits" / "report.md").read_text()
   assert '"workdir": "runs/train-mlp-digits"' in report_md
   assert '"workdir": null' not in report_md
+
+
+def _redraws(err: str, name: str) -> list[str]:
+  """The progress bar's redraws in captured stderr (each a line in a log)."""
+  return [s for s in err.replace("\r", "\n").split("\n")
+          if s.startswith(f"{name}:")]
+
+
+def test_progress_bar_redraws_at_most_once_a_second_with_the_rate(capsys):
+  """Item 15(a): a log gets a redraw a second, not one per step; item 14:
+  each redraw shows the rate in steps per second."""
+  def slow_step(step, state, aux):
+    time.sleep(0.03)
+    return state, aux, {"step": step}  # the postfix never forces a redraw
+
+  loop = runloop.RunLoop("slow", 60, progress=True)
+  t0 = time.perf_counter()
+  loop.run(slow_step, {"x": np.zeros(1)}, {})
+  elapsed = time.perf_counter() - t0
+  lines = _redraws(capsys.readouterr().err, "slow")
+  # Once when it opens, at most once per PROGRESS_INTERVAL_S, once to close;
+  # 60 steps of >= 30 ms would give >= 18 redraws at tqdm's default 0.1 s.
+  assert runloop.PROGRESS_INTERVAL_S >= 1.0
+  assert 2 <= len(lines) <= elapsed / runloop.PROGRESS_INTERVAL_S + 3, lines
+  assert "60/60" in lines[-1] and "step/s" in lines[-1], lines[-1]
