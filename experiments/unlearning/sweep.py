@@ -8,8 +8,8 @@
       --config.seeds='(0,)' --config.ratios='(0.1, 0.3)' --workdir runs/sweep
 
 For every seed the model is trained once with its unlearning history (stored
-in ``OUT/seed<s>``, resumable); for every ratio a random forget set is drawn
-and retraining plus every configured method are evaluated
+in ``<workdir>/seed<s>``, resumable); for every ratio a random forget set is
+drawn and retraining plus every configured method are evaluated
 (`jaxleak.unlearning.evaluation`). Each (seed, ratio) cell is saved as JSON
 as soon as it finishes, so an interrupted sweep resumes where it stopped.
 Outputs: ``results.csv`` (one row per seed, ratio and model),
