@@ -127,3 +127,32 @@ def test_short_runs_evaluate_once_per_epoch_not_every_step():
   # Long runs: about 20 evaluations.
   assert dp_training.default_eval_every(6250, 256 / 4000) == 312
   assert dp_training.default_eval_every(3, 1.0) == 1
+
+
+def test_epsilon_is_computed_once_per_evaluation_not_every_step(
+    digits, monkeypatch):
+  """Item 14: the ledger's epsilon (a PLD composition, ~1 s) runs once per
+  eval interval (and once for the result), not on every step for the bar."""
+  calls = []
+  real = accounting.PrivacyLedger.epsilon
+
+  def counted(self):
+    calls.append(self.steps)
+    return real(self)
+
+  monkeypatch.setattr(accounting.PrivacyLedger, "epsilon", counted)
+  train, test = digits
+  apply_fn, params = models.create("mlp", train.num_classes, train.image_shape,
+                                   jax.random.key(0), hidden=())
+  config = dp_training.DPTrainConfig(
+      rule="clip", target_epsilon=None, noise_multiplier=1.0, delta=1e-4,
+      epochs=1, expected_batch_size=64, accountant="rdp")
+  result = dp_training.train_dp_classifier(
+      apply_fn, params, train, test, config, progress=True, eval_every=5,
+      mesh=sharding.data_mesh(1))
+  steps = result.steps
+  assert steps == round(len(train) / 64) == 22
+  evals = [h["step"] for h in result.history]
+  assert evals == [5, 10, 15, 20, 22]
+  # One per evaluation, at its step, and one for DPTrainResult.epsilon.
+  assert calls == evals + [steps]
