@@ -49,7 +49,10 @@ def readme_attack(tmp_path_factory):
   with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
     argv = first_attack_command(f.read())
   workdir = tmp_path_factory.mktemp("readme") / "attack"
-  code, out, err = _run(argv + ["--workdir", str(workdir)])
+  # XLA's default options, as for a user (tests/attacks/inversion's
+  # session-wide FAST_COMPILE would otherwise leak in when it ran first).
+  with inversion.compiler_options(None):
+    code, out, err = _run(argv + ["--workdir", str(workdir)])
   assert code == 0, err
   return argv, out, workdir
 
