@@ -248,26 +248,35 @@ def _write_report(cfg, workdir, records):
       {"defence": r["spec"]["defence"], "level": r["spec"]["level"],
        "PSNR": round(r["psnr"], 2), "SSIM": round(r["ssim"], 3)}
       for r in records if r["spec"]["kind"] == "defence"]
-  curves, figures = {}, {}
-  for r in records:
-    s = r["spec"]
-    if s["kind"] == "finetune" and s["prior"] == cfg.priors[0]:
-      c = r["curve"]
-      curves[f"ft[{s['prior']}] {s['resolution']}px {s['target']}"] = (
-          [p["seconds"] for p in c], [p["psnr"] for p in c])
+  # One figure per resolution; colour = target, solid = fine-tuning (its
+  # snapshots), dashed with markers = IG at each budget fraction.
+  figures = {}
   for res in cfg.resolutions:
-    for target in cfg.targets:
+    curves, styles = {}, {}
+    for i, target in enumerate(cfg.targets):
+      colour = f"C{i % 10}"
+      r = by.get(_key({"kind": "finetune", "resolution": res,
+                       "target": target, "prior": cfg.priors[0]}))
+      if r and r.get("curve"):
+        name = f"ft[{cfg.priors[0]}] {target}"
+        curves[name] = ([p["seconds"] for p in r["curve"]],
+                        [p["psnr"] for p in r["curve"]])
+        styles[name] = f"{colour}-"
       pts = sorted(
-          (r["s_per_step"] * r["steps"], r["psnr"]) for r in records
-          if r["spec"]["kind"] == "ig" and r["spec"]["resolution"] == res
-          and r["spec"]["target"] == target)
+          (q["s_per_step"] * q["steps"], q["psnr"]) for q in records
+          if q["spec"]["kind"] == "ig" and q["spec"]["resolution"] == res
+          and q["spec"]["target"] == target)
       if pts:
-        curves[f"IG {res}px {target}"] = ([p[0] for p in pts],
-                                          [p[1] for p in pts])
-  if curves:
-    figures["PSNR vs steady-state seconds"] = metrics_lib.save_curves(
-        curves, os.path.join(workdir, "psnr_vs_time.png"), xlabel="seconds",
-        ylabel="PSNR (dB)", title="diffusion_finetune vs Inverting Gradients")
+        name = f"IG {target}"
+        curves[name] = ([p[0] for p in pts], [p[1] for p in pts])
+        styles[name] = f"{colour}--o"
+    if curves:
+      figures[f"PSNR vs steady-state seconds, {res} px"] = (
+          metrics_lib.save_curves(
+              curves, os.path.join(workdir, f"psnr_vs_time_{res}px.png"),
+              xlabel="steady-state seconds", ylabel="PSNR (dB)",
+              title=f"diffusion_finetune vs Inverting Gradients, {res} px",
+              styles=styles))
   for f in sorted(os.listdir(workdir)):
     if f.startswith(("strip_", "ig_")) and f.endswith(".png"):
       figures[f[:-4]] = os.path.join(workdir, f)
