@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+from typing import NoReturn
 
 # Module names under jaxleak.cli, in the order `jaxleak --help` lists them.
 SUBCOMMANDS = (
@@ -193,5 +194,21 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def run(argv: list[str] | None = None) -> NoReturn:
+  """The `jaxleak` console script: `main`, then exit with its code.
+
+  After Ctrl-C (code 130) the process ends with ``os._exit``: a jitted call
+  that was running when the signal came may still occupy XLA's threads, and
+  a normal interpreter shutdown waits for it (minutes). Everything a command
+  writes is on disk by then (checkpoint saves are synchronous).
+  """
+  code = main(argv)
+  if code == 130:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)  # pylint: disable=protected-access
+  sys.exit(code)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  run()

@@ -168,7 +168,7 @@ def stuck(args, workdir):
   return 0
 
 i2f._i2f = stuck
-sys.exit(cli_main.main(["i2f", "--workdir", sys.argv[1]]))
+cli_main.run(["i2f", "--workdir", sys.argv[1]])  # the console script
 """
 
 
@@ -179,15 +179,23 @@ def test_sigint_ends_a_command_without_checkpoints_inside_native_code(
   import sys  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
   env = dict(os.environ, XLA_FLAGS="")
+  # A user's shell starts the command with Ctrl-C at its default action; the
+  # test worker's own SIGINT disposition must not leak into the child.
   proc = subprocess.Popen(
       [sys.executable, "-c", _STUCK, str(tmp_path / "run")], env=env,
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   try:
     assert proc.stdout.readline().strip() == "spinning"
     time.sleep(0.5)
     t0 = time.time()
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    try:
+      _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      _, err = proc.communicate()
+      raise AssertionError(f"no exit within 30 s of SIGINT; stderr: {err}") from None
   finally:
     if proc.poll() is None:
       proc.kill()
