@@ -14,7 +14,6 @@ import os
 import re
 import shlex
 
-import numpy as np
 import pytest
 
 from jaxleak.attacks import inversion
@@ -98,29 +97,12 @@ def test_attack_summary_has_no_space_before_a_comma(readme_attack):
   _no_space_before_commas(out)
 
 
-def _grey_attack(observation, *, key, ground_truth=None, callback=None,
-                 steps=10, restarts=1):
-  """A stand-in attack that compiles nothing: a grey image."""
-  del key
-  for r in range(restarts):
-    callback(r, steps, 1.0)
-  images = np.full(observation.batch_shape, 0.3, np.float32)
-  labels = inversion.recover_labels(observation, "idlg").labels
-  metrics = inversion.evaluate(images, labels, *ground_truth, lpips=False)
-  return inversion.InversionResult("grey", images, labels,
-                                   np.linspace(1, 0.1, steps), 0.1, metrics)
-
-
-def test_defence_summary_has_no_space_before_a_comma(tmp_path):
+def test_defence_summary_has_no_space_before_a_comma(tmp_path, grey_attack):
   """Item 15(c), for a defence with settings (a stand-in attack)."""
-  inversion.register_attack("grey_test", _grey_attack)
-  try:
-    code, out, err = _run([
-        "attack", "--attack", "grey_test", "--model", "lenet", "--dataset",
-        "digits", "--steps", "3", "--defence", "gaussian", "--fast-compile",
-        "--no-progress", "--workdir", str(tmp_path / "run")])
-  finally:
-    del inversion.ATTACKS["grey_test"]
+  code, out, err = _run([
+      "attack", "--attack", grey_attack(lpips=False), "--model", "lenet",
+      "--dataset", "digits", "--steps", "3", "--defence", "gaussian",
+      "--fast-compile", "--no-progress", "--workdir", str(tmp_path / "run")])
   assert code == 0, err
   assert "defence gaussian relative=False std=0.001, 1 trial(s)" in out, out
   _no_space_before_commas(out)

@@ -7,29 +7,13 @@ import os
 import numpy as np
 import pytest
 
-from jaxleak.attacks import inversion
 from jaxleak.cli import attack as attack_cli
 from jaxleak.cli import main as cli
 
 
-def _mean_image_attack(observation, *, key, ground_truth=None, callback=None,
-                       steps=10, restarts=1):
-  """A stand-in attack (no compilation): the flat mean-grey image."""
-  del key
-  for r in range(restarts):
-    callback(r, steps, 1.0)
-  images = np.full(observation.batch_shape, 0.3, np.float32)
-  labels = inversion.recover_labels(observation, "idlg").labels
-  metrics = inversion.evaluate(images, labels, *ground_truth)
-  return inversion.InversionResult("mean_image", images, labels,
-                                   np.linspace(1, 0.1, steps), 0.1, metrics)
-
-
 @pytest.fixture
-def mean_image_attack():
-  inversion.register_attack("mean_image_test", _mean_image_attack)
-  yield "mean_image_test"
-  del inversion.ATTACKS["mean_image_test"]
+def mean_image_attack(grey_attack):
+  return grey_attack()
 
 
 def test_attack_cli_writes_figures_metrics_and_report(tmp_path, capsys,
