@@ -370,7 +370,7 @@ def sampling_settings(args, prior_info: dict) -> dict:
   """DDIM settings: explicit flags, else the prior's ``info["sampling"]``.
 
   A shipped prior records the settings its quality was measured with (for
-  the MNIST prior: 100 steps, eta 1, guidance 8; see
+  the MNIST prior: 50 steps, eta 0, guidance 3; see
   jaxleak/assets/priors/README.md), so ``sample-prior --prior mnist`` draws
   what the README reports unless told otherwise.
   """

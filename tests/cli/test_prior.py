@@ -33,8 +33,8 @@ def test_flags_override_the_priors_recommendation_which_overrides_fallback():
 def test_shipped_mnist_prior_records_the_measured_sampling_settings():
   from jaxleak import diffusion  # pylint: disable=g-import-not-at-top
   rec = diffusion.load_prior("mnist").info["sampling"]
-  assert rec["steps"] == 100 and rec["eta"] == 1.0
-  assert rec["guidance_scale"] == 8.0
+  assert rec["steps"] == 50 and rec["eta"] == 0.0
+  assert rec["guidance_scale"] == 3.0
 
 
 def test_sample_prior_writes_grid_and_uses_recommended_settings(tmp_path):
@@ -48,7 +48,7 @@ def test_sample_prior_writes_grid_and_uses_recommended_settings(tmp_path):
   metrics = json.loads((tmp_path / "metrics.json").read_text())
   # --steps given; eta and guidance from the prior's record.
   assert (metrics["ddim_steps"], metrics["eta"],
-          metrics["guidance_scale"]) == (3, 1.0, 8.0)
+          metrics["guidance_scale"]) == (3, 0.0, 3.0)
   images = np.load(tmp_path / "samples.npz")["images"]
   assert images.shape == (4, 32, 32, 1)
   assert images.min() >= 0.0 and images.max() <= 1.0

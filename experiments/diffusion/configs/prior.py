@@ -1,8 +1,9 @@
 """Prior quality settings, one per shipped prior: ``prior.py:<name>``.
 
-* ``mnist``: the class-conditional prior with the recommended sampling (100
-  DDIM steps, eta 1, classifier-free guidance 8) on 500 samples of sampling
-  seed 1, which none of the setting comparisons saw
+* ``mnist``: the class-conditional prior with the recommended sampling (50
+  DDIM steps, eta 0, classifier-free guidance 3; for the 2500-step weights
+  it was 100 steps, eta 1, guidance 8) on 500 samples of sampling seed 1,
+  which none of the setting comparisons saw
   (`jaxleak/assets/priors/README.md`); the judge is trained with seed 0.
 * ``lfw_faces``: the faces-only prior, 500 samples of sampling seed 1 with 50
   DDIM steps at eta 1, each compared (SSIM) with its nearest training face and
@@ -18,7 +19,7 @@ folder with ``--config.prior=<folder>``.
 import ml_collections
 
 # name: (samples, DDIM steps, eta, guidance scale, sampling seed)
-_SETTINGS = {"mnist": (500, 100, 1.0, 8.0, 1),
+_SETTINGS = {"mnist": (500, 50, 0.0, 3.0, 1),
              "lfw_faces": (500, 50, 1.0, 1.0, 1)}
 
 
