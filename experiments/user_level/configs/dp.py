@@ -8,7 +8,7 @@ conditional attack and the label-conditioned prior alone (`dp_methods`).
 
   nice -n 19 python experiments/user_level/run.py \\
       --config experiments/user_level/configs/dp.py \\
-      --workdir experiments/user_level/results/dp
+      --workdir experiments/user_level/results/prior6500_it10_dp
 """
 
 from jaxleak import launch
