@@ -72,8 +72,15 @@ def _train(name: str, apply_fn: Any, params: Any, train: Any, test: Any,
 def prepare(dataset: str, *, workdir: str, victim_model: str = "cnn_mnist",
             seed: int = 0, data_dir: str | None = None,
             victim_epochs: int = 15, judge_epochs: int = 15,
+            judge_model: str = "mlp", judge_options: dict | None = None,
             progress: bool = True) -> Setup:
-  """Loads the data and trains (or restores) the victim and the judge."""
+  """Loads the data and trains (or restores) the victim and the judge.
+
+  The judge is ``models.create(judge_model, ..., **judge_options)``; by
+  default an MLP with 256 sigmoid units, cached in ``<workdir>/judge``.
+  Another judge is cached in ``<workdir>/judge_<judge_model>_<options>``,
+  so judges of different architectures share one victim.
+  """
   import jax  # pylint: disable=g-import-not-at-top
 
   from jaxleak import data  # pylint: disable=g-import-not-at-top
@@ -94,11 +101,18 @@ def prepare(dataset: str, *, workdir: str, victim_model: str = "cnn_mnist",
   v_params, _ = _train("victim", v_apply, v_params, test, pool,
                        victim_epochs, seed, os.path.join(workdir, "victim"),
                        progress)
-  j_apply, j_params = models.create("mlp", train.num_classes,
+  if judge_options is None and judge_model == "mlp":
+    judge_options, judge_dir = {"hidden": (256,)}, "judge"
+  else:
+    judge_options = dict(judge_options or {})
+    judge_dir = "_".join(["judge", judge_model] + [
+        f"{k}-{'x'.join(map(str, np.atleast_1d(v)))}"
+        for k, v in sorted(judge_options.items())])
+  j_apply, j_params = models.create(judge_model, train.num_classes,
                                     train.image_shape,
-                                    jax.random.key(seed + 1), hidden=(256,))
+                                    jax.random.key(seed + 1), **judge_options)
   j_params, _ = _train("judge", j_apply, j_params, judge_train, pool,
-                       judge_epochs, seed + 1, os.path.join(workdir, "judge"),
+                       judge_epochs, seed + 1, os.path.join(workdir, judge_dir),
                        progress)
   from jaxleak import training  # pylint: disable=g-import-not-at-top
   v_acc = training.evaluate(v_apply, v_params, pool)["accuracy"]
