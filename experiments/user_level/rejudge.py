@@ -33,7 +33,17 @@ MODELS_DIR = "experiments/user_level/results/models"
 
 
 def main():
+  if len(sys.argv) < 2:
+    sys.exit(__doc__.split("\n\n")[1])
   results_dir, names = sys.argv[1], sys.argv[2:] or list(JUDGES)
+  unknown = [n for n in names if n not in JUDGES]
+  if unknown:
+    sys.exit(f"rejudge.py: unknown judge(s) {unknown}; choose from "
+             f"{list(JUDGES)}")
+  for b in (30, 100):
+    if not os.path.isdir(os.path.join(results_dir, "reps", f"B{b}_label")):
+      sys.exit(f"rejudge.py: RESULTS_DIR {results_dir!r} holds no "
+               f"reps/B{b}_label/ (a run.py study of label users)")
   for name in names:
     arch, options = JUDGES[name]
     setup = ul.prepare("mnist_subset", workdir=MODELS_DIR, seed=0,
