@@ -16,6 +16,10 @@ Methods:
                            Dense/Conv/Embed, per-example gradients for norm
                            scales, class token, positional embeddings) on
                            resnet18 and the transformers
+  jaxleak_psasc_mesh       the same step data-parallel over a mesh of
+                           `--mesh-devices` CPU devices (default: one per
+                           core; XLA_FLAGS=--xla_force_host_platform_device_count),
+                           each device running its share of the batch
   jaxleak_readme           the README's first DP example as written: dp_psasc
                            with tx.update(None, state, params, loss_fn=...,
                            batch=...) under jax.jit, no train-step builder
@@ -55,7 +59,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-JAX_METHODS = ("jaxleak_psasc_auto", "jaxleak_readme",
+JAX_METHODS = ("jaxleak_psasc_auto", "jaxleak_psasc_mesh", "jaxleak_readme",
                "jaxleak_psasc_layerwise", "jaxleak_psasc_two_pass",
                "jaxleak_psasc_vmap",
                "jaxleak_nonprivate", "optax_contrib")
@@ -93,6 +97,7 @@ def run_jax(model: str, batch: int, method: str, min_time: float) -> dict:
   from jaxleak import dp  # pylint: disable=g-import-not-at-top
   from jaxleak import dp_training  # pylint: disable=g-import-not-at-top
   from jaxleak import models  # pylint: disable=g-import-not-at-top
+  from jaxleak import sharding  # pylint: disable=g-import-not-at-top
 
   shape = SHAPES[model]
   apply_fn, params = models.create(model, 10, shape, jax.random.key(0))
@@ -109,6 +114,9 @@ def run_jax(model: str, batch: int, method: str, min_time: float) -> dict:
 
   if method.startswith("jaxleak_psasc"):
     path = method[len("jaxleak_psasc_"):]
+    mesh = None
+    if path == "mesh":
+      path, mesh = "auto", sharding.data_mesh()
     rule = dp.psasc(1.0, 0.1, 1.0)
     plan = dp.per_example.layerwise.plan(lambda p, b: (loss_fn(p, b), None),
                                          params, (x, y))
@@ -119,13 +127,17 @@ def run_jax(model: str, batch: int, method: str, min_time: float) -> dict:
     opt = dp_training.make_dp_optimizer(rule, 1.0, jax.random.key(1),
                                         expected_batch_size=batch,
                                         learning_rate=0.1, momentum=0.9)
-    train_step = dp_training.make_dp_train_step(apply_fn, rule, opt, path=path)
+    train_step = dp_training.make_dp_train_step(apply_fn, rule, opt, path=path,
+                                                mesh=mesh)
+    state = (params, opt.init(params))
+    if mesh is not None:
+      x, y, mask = sharding.shard_batch(mesh, (x, y, mask))
+      state = sharding.replicate(mesh, state)
     def step(state):
       p, s = state
       p, s, m = train_step(p, s, x, y, mask)
       m.loss.block_until_ready()
       return p, s
-    state = (params, opt.init(params))
   elif method == "jaxleak_readme":
     tx = dp.dp_psasc(learning_rate=0.1, noise_multiplier=1.0,
                      key=jax.random.key(1), expected_batch_size=batch,
@@ -424,6 +436,8 @@ def main() -> None:
   ap.add_argument("--batches", nargs="+", type=int, default=[64, 256, 1024])
   ap.add_argument("--methods", nargs="+", default=list(JAX_METHODS + TORCH_METHODS))
   ap.add_argument("--min-time", type=float, default=4.0)
+  ap.add_argument("--mesh-devices", type=int, default=os.cpu_count(),
+                  help="CPU devices of jaxleak_psasc_mesh (default: one per core)")
   ap.add_argument("--no-check", action="store_true")
   ap.add_argument("--out", default=None, help="write results JSON here")
   ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -465,7 +479,11 @@ def main() -> None:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--model",
                model, "--batch", str(batch), "--method", method, "--min-time",
                str(args.min_time)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        method_env = env
+        if method == "jaxleak_psasc_mesh":
+          method_env = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count="
+                            f"{args.mesh_devices}")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=method_env)
         if proc.returncode:
           row = {"error": proc.stderr.strip().splitlines()[-1][:200]}
         else:
@@ -478,8 +496,9 @@ def main() -> None:
   print("\nRatios measured in this run (samples/s; peak RSS):")
   print(f"| model | batch | {DEFAULT_JAX} / opacus | / opacus_ghost | "
         "/ optax_contrib | / jaxleak_nonprivate | / torch_nonprivate | "
-        "jaxleak_readme / opacus | peak MB jaxleak / opacus |")
-  print("|---|---|---|---|---|---|---|---|---|")
+        "jaxleak_readme / opacus | jaxleak_psasc_mesh / opacus | "
+        "peak MB jaxleak / opacus |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   get = {(r["model"], r["batch"], r["method"]): r for r in results}
   for model in args.models:
     for batch in args.batches:
@@ -490,10 +509,11 @@ def main() -> None:
           return f"{mine[key] / o[key]:.2f}x"
         return "n/a"
       readme = get.get((model, batch, "jaxleak_readme"), {})
+      mesh = get.get((model, batch, "jaxleak_psasc_mesh"), {})
       print(f"| {model} | {batch} | {ratio('opacus')} | {ratio('opacus_ghost')} "
             f"| {ratio('optax_contrib')} | {ratio('jaxleak_nonprivate')} "
             f"| {ratio('torch_nonprivate')} | {ratio('opacus', mine=readme)} "
-            f"| {ratio('opacus', 'peak_rss_mb')} |")
+            f"| {ratio('opacus', mine=mesh)} | {ratio('opacus', 'peak_rss_mb')} |")
   if args.out:
     with open(args.out, "w") as f:
       json.dump(results, f, indent=2)
