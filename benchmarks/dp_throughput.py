@@ -52,6 +52,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -425,6 +426,20 @@ def check_same_step() -> float:
 
 
 # -------------------------------------------------------------------------- driver
+def _run_worker(model: str, batch: int, method: str, args, env) -> dict:
+  """One configuration in a fresh subprocess: its result row, or an error."""
+  cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--model",
+         model, "--batch", str(batch), "--method", method, "--min-time",
+         str(args.min_time)]
+  if method == "jaxleak_psasc_mesh":
+    env = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count="
+               f"{args.mesh_devices}")
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+  if proc.returncode:
+    return {"error": proc.stderr.strip().splitlines()[-1][:200]}
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def worker(args) -> None:
   fn = run_torch if args.method in TORCH_METHODS else run_jax
   print(json.dumps(fn(args.model, args.batch, args.method, args.min_time)))
@@ -436,6 +451,9 @@ def main() -> None:
   ap.add_argument("--batches", nargs="+", type=int, default=[64, 256, 1024])
   ap.add_argument("--methods", nargs="+", default=list(JAX_METHODS + TORCH_METHODS))
   ap.add_argument("--min-time", type=float, default=4.0)
+  ap.add_argument("--repeats", type=int, default=1,
+                  help="runs of every configuration, round-robin; the tables "
+                       "report the median samples/s and the largest peak RSS")
   ap.add_argument("--mesh-devices", type=int, default=os.cpu_count(),
                   help="CPU devices of jaxleak_psasc_mesh (default: one per core)")
   ap.add_argument("--no-check", action="store_true")
@@ -445,6 +463,8 @@ def main() -> None:
   ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
   ap.add_argument("--method", help=argparse.SUPPRESS)
   args = ap.parse_args()
+  if args.repeats < 1:
+    ap.error(f"argument --repeats: must be at least 1, got {args.repeats}")
   if args.worker:
     worker(args)
     return
@@ -473,27 +493,40 @@ def main() -> None:
   results = []
   for model in args.models:
     for batch in args.batches:
-      for method in methods:
-        if method == "jaxleak_psasc_layerwise" and model not in CNNS:
-          continue  # Not applicable: auto runs the mixed path there.
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--model",
-               model, "--batch", str(batch), "--method", method, "--min-time",
-               str(args.min_time)]
-        method_env = env
-        if method == "jaxleak_psasc_mesh":
-          method_env = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count="
-                            f"{args.mesh_devices}")
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=method_env)
-        if proc.returncode:
-          row = {"error": proc.stderr.strip().splitlines()[-1][:200]}
-        else:
-          row = json.loads(proc.stdout.strip().splitlines()[-1])
+      runs: dict[str, list[dict]] = {m: [] for m in methods}
+      # Round-robin repeats: drift in the machine's speed hits every method
+      # alike, and the median of each drops the outliers.
+      for rep in range(args.repeats):
+        for method in methods:
+          if method == "jaxleak_psasc_layerwise" and model not in CNNS:
+            continue  # Not applicable: auto runs the mixed path there.
+          row = _run_worker(model, batch, method, args, env)
+          runs[method].append(row)
+          tag = f" (run {rep + 1}/{args.repeats})" if args.repeats > 1 else ""
+          print(f"{model:10s} B={batch:<5d} {method:24s} "
+                + (f"{row['samples_per_s']:9.0f} samples/s  "
+                   f"{row['peak_rss_mb']:7.0f} MB{tag}"
+                   if "error" not in row else f"ERROR {row['error']}"), flush=True)
+      for method, rows in runs.items():
+        if not rows:
+          continue
+        ok = [r for r in rows if "error" not in r]
+        row = dict(rows[-1]) if not ok else {
+            "samples_per_s": statistics.median(r["samples_per_s"] for r in ok),
+            "samples_per_s_runs": [r["samples_per_s"] for r in ok],
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in ok)}
         row.update(model=model, batch=batch, method=method)
         results.append(row)
-        print(f"{model:10s} B={batch:<5d} {method:24s} "
-              + (f"{row['samples_per_s']:9.0f} samples/s  {row['peak_rss_mb']:7.0f} MB"
-                 if "error" not in row else f"ERROR {row['error']}"), flush=True)
-  print("\nRatios measured in this run (samples/s; peak RSS):")
+  if args.repeats > 1:
+    print(f"\nMedian of {args.repeats} runs (samples/s; peak RSS is the largest):")
+    for row in results:
+      print(f"{row['model']:10s} B={row['batch']:<5d} {row['method']:24s} "
+            + (f"{row['samples_per_s']:9.0f} samples/s  {row['peak_rss_mb']:7.0f} MB"
+               f"  runs {min(row['samples_per_s_runs']):.0f}-"
+               f"{max(row['samples_per_s_runs']):.0f}"
+               if "error" not in row else f"ERROR {row['error']}"))
+  print("\nRatios measured in this run (samples/s"
+        + (", medians" if args.repeats > 1 else "") + "; peak RSS):")
   print(f"| model | batch | {DEFAULT_JAX} / opacus | / opacus_ghost | "
         "/ optax_contrib | / jaxleak_nonprivate | / torch_nonprivate | "
         "jaxleak_readme / opacus | jaxleak_psasc_mesh / opacus | "
