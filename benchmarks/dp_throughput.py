@@ -144,11 +144,11 @@ def run_jax(model: str, batch: int, method: str, min_time: float) -> dict:
                      key=jax.random.key(1), expected_batch_size=batch,
                      momentum=0.9)
     @jax.jit
-    def readme_step(p, s):
-      u, s = tx.update(None, s, p, loss_fn=loss_fn, batch=(x, y), mask=mask)
+    def readme_step(p, s, batch, mask):
+      u, s = tx.update(None, s, p, loss_fn=loss_fn, batch=batch, mask=mask)
       return optax.apply_updates(p, u), s
     def step(state):
-      p, s = readme_step(*state)
+      p, s = readme_step(*state, (x, y), mask)
       jax.tree.leaves(p)[0].block_until_ready()
       return p, s
     state = (params, tx.init(params))
