@@ -458,34 +458,50 @@ def weighted_grad_sum(loss_fn: LossFn, params: Any, batch: Any,
   weights = jax.lax.stop_gradient(weights)
   keep = weights != 0
 
-  grads: dict[KeyPath, jax.Array] = {}
-  for layer, (form, kernel_data, bias_grads) in zip(layers, terms):
-    if form == "materialised":
-      kernel_sum = jnp.tensordot(weights, _zero_where(keep, kernel_data), axes=1)
-    elif form == "conv_recompute":
-      taps, g = kernel_data
-      weighted_g = _zero_where(keep, g) * weights.reshape((-1,) + (1,) * (g.ndim - 1))
-      kernel_sum = _conv_kernel(layer, jnp.stack(
-          [jnp.einsum("b...c,b...o->co", _zero_where(keep, t), weighted_g)
-           for t in taps]), ())
-    elif form == "embed_scatter":
-      tok, g_rows = kernel_data
-      weighted_g = _zero_where(keep, g_rows) * weights[:, None, None]
-      rows = jnp.where(tok >= 0, tok, layer.kernel_shape[0]).reshape(-1)
-      kernel_sum = jnp.zeros(layer.kernel_shape, weighted_g.dtype).at[rows].add(
-          weighted_g.reshape(-1, layer.kernel_shape[-1]), mode="drop")
-    else:
-      a_rows, g_rows = kernel_data
-      weighted_g = _zero_where(keep, g_rows) * weights[:, None, None]
-      kernel_sum = jnp.einsum("btk,bto->ko", _zero_where(keep, a_rows),
-                              weighted_g)
-    grads[layer.kernel_path] = kernel_sum.reshape(layer.kernel_shape)
-    if layer.bias_path is not None:
-      grads[layer.bias_path] = jnp.tensordot(
-          weights, _zero_where(keep, bias_grads), axes=1)
-  for path, g in zip(the_plan.uncovered_paths, offset_grads):
-    grads[path] = jnp.tensordot(weights.astype(g.dtype), _zero_where(keep, g),
-                                axes=1)
+  paths = list(dict.fromkeys(
+      [p for layer in layers for p in (layer.kernel_path, layer.bias_path)
+       if p is not None] + list(the_plan.uncovered_paths)))
+
+  def sums(sanitise: bool) -> list[jax.Array]:
+    """The weighted sums; ``sanitise`` zeroes the rows of weight 0 first.
+
+    A row's weight multiplies its data, so a weight-0 row adds 0 unless its
+    data hold NaN or Inf (0 * NaN = NaN). Such a row has a non-finite norm,
+    so when every norm is finite the zeroing copies are skipped (on XLA:CPU
+    they were 23% of cnn_mnist's DP step).
+    """
+    zero = _zero_where if sanitise else (lambda keep, x: x)
+    grads: dict[KeyPath, jax.Array] = {}
+    for layer, (form, kernel_data, bias_grads) in zip(layers, terms):
+      if form == "materialised":
+        kernel_sum = jnp.tensordot(weights, zero(keep, kernel_data), axes=1)
+      elif form == "conv_recompute":
+        taps, g = kernel_data
+        weighted_g = zero(keep, g) * weights.reshape((-1,) + (1,) * (g.ndim - 1))
+        kernel_sum = _conv_kernel(layer, jnp.stack(
+            [jnp.einsum("b...c,b...o->co", zero(keep, t), weighted_g)
+             for t in taps]), ())
+      elif form == "embed_scatter":
+        tok, g_rows = kernel_data
+        weighted_g = zero(keep, g_rows) * weights[:, None, None]
+        rows = jnp.where(tok >= 0, tok, layer.kernel_shape[0]).reshape(-1)
+        kernel_sum = jnp.zeros(layer.kernel_shape, weighted_g.dtype).at[rows].add(
+            weighted_g.reshape(-1, layer.kernel_shape[-1]), mode="drop")
+      else:
+        a_rows, g_rows = kernel_data
+        weighted_g = zero(keep, g_rows) * weights[:, None, None]
+        kernel_sum = jnp.einsum("btk,bto->ko", zero(keep, a_rows), weighted_g)
+      grads[layer.kernel_path] = kernel_sum.reshape(layer.kernel_shape)
+      if layer.bias_path is not None:
+        grads[layer.bias_path] = jnp.tensordot(
+            weights, zero(keep, bias_grads), axes=1)
+    for path, g in zip(the_plan.uncovered_paths, offset_grads):
+      grads[path] = jnp.tensordot(weights.astype(g.dtype), zero(keep, g),
+                                  axes=1)
+    return [grads[p] for p in paths]  # Key paths cannot be pytree dict keys.
+
+  grads = dict(zip(paths, jax.lax.cond(jnp.all(jnp.isfinite(norms)),
+                                       lambda: sums(False), lambda: sums(True))))
 
   def leaf_grad(path, leaf):
     if path in grads:
