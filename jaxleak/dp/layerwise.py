@@ -388,7 +388,8 @@ def _conv_kernel(layer: Layer, stacked_taps: jax.Array, lead: tuple[int, ...]):
   return conv_geometry.unfold_kernel(folded, layer.folded_strides)
 
 
-def _zero_where(keep: jax.Array, x: jax.Array) -> jax.Array:
+def zero_rows(keep: jax.Array, x: jax.Array) -> jax.Array:
+  """``x`` with the rows (leading axis) where ``keep`` is False set to 0."""
   return jnp.where(keep.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0)
 
 
@@ -471,7 +472,7 @@ def weighted_grad_sum(loss_fn: LossFn, params: Any, batch: Any,
     B=256: they were 23% of the op time of cnn_mnist's DP step, which now
     runs 7% faster).
     """
-    zero = _zero_where if sanitise else (lambda keep, x: x)
+    zero = zero_rows if sanitise else (lambda keep, x: x)
     grads: dict[KeyPath, jax.Array] = {}
     for layer, (form, kernel_data, bias_grads) in zip(layers, terms):
       if form == "materialised":

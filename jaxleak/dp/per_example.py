@@ -185,9 +185,10 @@ def per_example_norms(loss_fn: LossFn, params: Any, batch: Any, *,
 def weighted_sum(per_example: Any, weights: jax.Array) -> Any:
   """``sum_i weights[i] * g_i`` over the leading axis; zero-weight rows never
   contribute, even if they hold NaN or Inf."""
+  # Always zeroed: skipping the copies behind a lax.cond on finite norms (as
+  # layerwise does) made cnn_mnist's vmap step 16% slower on XLA:CPU.
   def reduce(g):
-    keep = (weights != 0).reshape((-1,) + (1,) * (g.ndim - 1))
-    g = jnp.where(keep, g, 0)
+    g = layerwise.zero_rows(weights != 0, g)
     return jnp.tensordot(weights.astype(g.dtype), g, axes=1)
   return jax.tree.map(reduce, per_example)
 
@@ -258,8 +259,7 @@ def weighted_grad_sum(loss_fn: LossFn, params: Any, batch: Any,
   # rows with weight 0 are replaced by zeros before the forward pass.
   keep = weights != 0
   safe_batch = jax.tree.map(
-      lambda a: jnp.where(keep.reshape((-1,) + (1,) * (a.ndim - 1)), a,
-                          jnp.zeros_like(a))
+      lambda a: layerwise.zero_rows(keep, a)
       if jnp.issubdtype(a.dtype, jnp.inexact) else a, batch)
 
   def weighted_loss(p):
