@@ -37,6 +37,14 @@ Methods:
                            model
   torch_nonprivate         plain PyTorch SGD step (reference)
 
+On a GPU (JAX's default backend and torch.cuda), every method runs on the
+GPU, steps are synchronised before the clock is read, the float32 matrix
+products of both frameworks use TF32 (XLA's default on the GPU; PyTorch is set
+to "high" to match), and memory is the device's peak (`peak_device_mb`: JAX's
+peak_bytes_in_use, torch.cuda.max_memory_allocated) rather than host RSS.
+`jaxleak_psasc_auto / jaxleak_nonprivate` there is the DP step's throughput
+as a share of the non-private step.
+
 Before timing, `--check` (on by default) verifies on cnn_mnist that jaxleak and
 Opacus produce the same parameters after one noiseless clipped step from the
 same weights, so both sides compute the same thing.
@@ -181,8 +189,13 @@ def run_jax(model: str, batch: int, method: str, min_time: float) -> dict:
   else:
     raise ValueError(f"unknown JAX method {method!r}")
   sec = _timeit(step, state, min_time)
-  return {"samples_per_s": batch / sec, "step_ms": sec * 1e3,
-          "peak_rss_mb": peak_rss_mb()}
+  row = {"samples_per_s": batch / sec, "step_ms": sec * 1e3,
+         "peak_rss_mb": peak_rss_mb(), "device": jax.devices()[0].device_kind}
+  if jax.default_backend() != "cpu":
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+      row["peak_device_mb"] = stats["peak_bytes_in_use"] / 2**20
+  return row
 
 
 # --------------------------------------------------------------------------- torch
@@ -323,13 +336,18 @@ def run_torch(model: str, batch: int, method: str, min_time: float) -> dict:
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   torch.set_num_threads(os.cpu_count() or 1)
+  cuda = torch.cuda.is_available()
+  device = torch.device("cuda" if cuda else "cpu")
+  if cuda:  # TF32 matrix products, as XLA does by default on the GPU
+    torch.set_float32_matmul_precision("high")
   if model == "text_transformer":
     x = torch.randint(0, VOCAB, (batch,) + SHAPES[model])
   else:
     h, w, c = SHAPES[model]
     x = torch.rand(batch, c, h, w).contiguous()  # NCHW (Opacus needs contiguous)
   y = torch.randint(0, 10, (batch,))
-  net = torch_model(model)
+  x, y = x.to(device), y.to(device)
+  net = torch_model(model).to(device)
   criterion = F.cross_entropy
   if method == "opacus_ghost":
     from opacus import PrivacyEngine  # pylint: disable=g-import-not-at-top
@@ -354,10 +372,16 @@ def run_torch(model: str, batch: int, method: str, min_time: float) -> dict:
     opt.zero_grad(set_to_none=True)
     criterion(net(x), y).backward()
     opt.step()
+    if cuda:  # like the JAX steps, which block on their result
+      torch.cuda.synchronize()
     return state
   sec = _timeit(step, None, min_time)
-  return {"samples_per_s": batch / sec, "step_ms": sec * 1e3,
-          "peak_rss_mb": peak_rss_mb()}
+  row = {"samples_per_s": batch / sec, "step_ms": sec * 1e3,
+         "peak_rss_mb": peak_rss_mb(),
+         "device": torch.cuda.get_device_name() if cuda else "cpu"}
+  if cuda:
+    row["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
+  return row
 
 
 def check_same_step() -> float:
@@ -426,6 +450,11 @@ def check_same_step() -> float:
 
 
 # -------------------------------------------------------------------------- driver
+def _memory_mb(row: dict) -> float:
+  """The device's peak where the step ran on an accelerator, else host RSS."""
+  return row.get("peak_device_mb", row["peak_rss_mb"])
+
+
 def _run_worker(model: str, batch: int, method: str, args, env) -> dict:
   """One configuration in a fresh subprocess: its result row, or an error."""
   cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--model",
@@ -434,7 +463,11 @@ def _run_worker(model: str, batch: int, method: str, args, env) -> dict:
   if method == "jaxleak_psasc_mesh":
     env = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count="
                f"{args.mesh_devices}")
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+  try:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                          timeout=args.worker_timeout)
+  except subprocess.TimeoutExpired:
+    return {"error": f"timed out after {args.worker_timeout:.0f} s"}
   if proc.returncode:
     return {"error": proc.stderr.strip().splitlines()[-1][:200]}
   return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -456,6 +489,8 @@ def main() -> None:
                        "report the median samples/s and the largest peak RSS")
   ap.add_argument("--mesh-devices", type=int, default=os.cpu_count(),
                   help="CPU devices of jaxleak_psasc_mesh (default: one per core)")
+  ap.add_argument("--worker-timeout", type=float, default=None,
+                  help="seconds after which one configuration is an ERROR row")
   ap.add_argument("--no-check", action="store_true")
   ap.add_argument("--out", default=None, help="write results JSON here")
   ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -480,7 +515,10 @@ def main() -> None:
     out = subprocess.run([sys.executable, "-c",
                           f"import sys; sys.path.insert(0, {HERE!r}); import dp_throughput as d;"
                           "print(*d.check_same_step())"],
-                         capture_output=True, text=True, env=env)
+                         capture_output=True, text=True,
+                         # Numerics on the CPU, where both frameworks are exact
+                         # float32 (no TF32 on a GPU).
+                         env=dict(env, JAX_PLATFORMS="cpu"))
     if out.returncode:
       print(out.stderr[-2000:])
       raise SystemExit("equivalence check failed to run")
@@ -505,32 +543,38 @@ def main() -> None:
           tag = f" (run {rep + 1}/{args.repeats})" if args.repeats > 1 else ""
           print(f"{model:10s} B={batch:<5d} {method:24s} "
                 + (f"{row['samples_per_s']:9.0f} samples/s  "
-                   f"{row['peak_rss_mb']:7.0f} MB{tag}"
+                   f"{_memory_mb(row):7.0f} MB{tag}"
                    if "error" not in row else f"ERROR {row['error']}"), flush=True)
       for method, rows in runs.items():
         if not rows:
           continue
         ok = [r for r in rows if "error" not in r]
-        row = dict(rows[-1]) if not ok else {
-            "samples_per_s": statistics.median(r["samples_per_s"] for r in ok),
-            "samples_per_s_runs": [r["samples_per_s"] for r in ok],
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in ok)}
+        row = dict(rows[-1]) if not ok else dict(
+            ok[-1],
+            samples_per_s=statistics.median(r["samples_per_s"] for r in ok),
+            samples_per_s_runs=[r["samples_per_s"] for r in ok],
+            **{k: max(r[k] for r in ok) for k in ("peak_rss_mb", "peak_device_mb")
+               if k in ok[-1]})
         row.update(model=model, batch=batch, method=method)
         results.append(row)
   if args.repeats > 1:
     print(f"\nMedian of {args.repeats} runs (samples/s; peak RSS is the largest):")
     for row in results:
       print(f"{row['model']:10s} B={row['batch']:<5d} {row['method']:24s} "
-            + (f"{row['samples_per_s']:9.0f} samples/s  {row['peak_rss_mb']:7.0f} MB"
+            + (f"{row['samples_per_s']:9.0f} samples/s  {_memory_mb(row):7.0f} MB"
                f"  runs {min(row['samples_per_s_runs']):.0f}-"
                f"{max(row['samples_per_s_runs']):.0f}"
                if "error" not in row else f"ERROR {row['error']}"))
+  on_device = any("peak_device_mb" in r for r in results)
+  devices = sorted({r["device"] for r in results if "device" in r})
   print("\nRatios measured in this run (samples/s"
-        + (", medians" if args.repeats > 1 else "") + "; peak RSS):")
+        + (", medians" if args.repeats > 1 else "")
+        + ("; peak device memory" if on_device else "; peak RSS")
+        + (f"; {', '.join(devices)}" if devices else "") + "):")
   print(f"| model | batch | {DEFAULT_JAX} / opacus | / opacus_ghost | "
         "/ optax_contrib | / jaxleak_nonprivate | / torch_nonprivate | "
         "jaxleak_readme / opacus | jaxleak_psasc_mesh / opacus | "
-        "peak MB jaxleak / opacus |")
+        + ("peak device MB" if on_device else "peak MB") + " jaxleak / opacus |")
   print("|---|---|---|---|---|---|---|---|---|---|")
   get = {(r["model"], r["batch"], r["method"]): r for r in results}
   for model in args.models:
@@ -546,7 +590,8 @@ def main() -> None:
       print(f"| {model} | {batch} | {ratio('opacus')} | {ratio('opacus_ghost')} "
             f"| {ratio('optax_contrib')} | {ratio('jaxleak_nonprivate')} "
             f"| {ratio('torch_nonprivate')} | {ratio('opacus', mine=readme)} "
-            f"| {ratio('opacus', mine=mesh)} | {ratio('opacus', 'peak_rss_mb')} |")
+            f"| {ratio('opacus', mine=mesh)} "
+            f"| {ratio('opacus', 'peak_device_mb' if on_device else 'peak_rss_mb')} |")
   if args.out:
     with open(args.out, "w") as f:
       json.dump(results, f, indent=2)
