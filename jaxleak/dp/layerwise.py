@@ -28,6 +28,15 @@ ghost norms:
     gradient (``K·O``) is at least 3/4 of what the recomputation reads
     (``kh·kw·T·(C + O)``): there it is faster (memory traffic; measured, see
     `_prefer_ghost`) and it never holds that layer's ``B x params`` buffer.
+  * Gram (Conv): when few output positions meet a large kernel
+    (``T·(K + O) <= K·O``: ResNet stages at 8x8 and 4x4), the norm is the
+    ghost norm of the im2col rows, ``Σ_{t,s} (A_i A_iᵀ)_{ts} (G_i G_iᵀ)_{ts}``
+    with ``A_i A_iᵀ = Σ_taps tap_i tap_iᵀ`` (no im2col buffer), costing
+    ``T²·(K + O)`` instead of ``T·K·O`` per example and forming no
+    per-example gradient at all; the weighted sum is recomputed as for
+    ghost. This is the per-layer choice of Bu et al.'s (2022) mixed ghost
+    clipping for convolutions, with a threshold from measured cost. XLA:CPU, B=256, one 3x3 512->512 conv at 4x4: 28 ms
+    against 911 ms tap by tap (`_prefer_gram`).
 
 Each layer takes the cheaper form. A strided convolution whose strides
 divide its kernel is run, and differentiated, as the equal stride-1
@@ -88,10 +97,14 @@ class Layer:
     kernel_shape: ``[K_in, O]`` (dense) or ``[kh, kw, C, O]`` (conv).
     geometry: strides and pads of a conv, None for dense.
     out_shape: shape of the layer output for one example (batch of 1).
-    ghost: whether the per-example norm uses the ghost (Gram) form.
+    ghost: whether the per-example kernel gradients are not kept (Dense:
+      Gram norm; Conv: norms reduced tap by tap, or from the Gram, and the
+      weighted sum recomputed).
     folded_strides: for a strided conv run as a stride-1 conv on
       space-to-depth blocks (`conv_geometry.fold_strides`), its strides; the
       recorded input and `geometry` are then the folded ones. None otherwise.
+    gram: for a conv, whether its norm comes from the Gram of its im2col
+      rows and output gradients (then `ghost` is True as well).
   """
   kind: str
   kernel_path: KeyPath
@@ -101,6 +114,7 @@ class Layer:
   out_shape: tuple[int, ...]
   ghost: bool
   folded_strides: tuple[int, int] | None = None
+  gram: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,10 +197,12 @@ class _Recorder:
       geometry, kind = None, "dense"
       y = next_fun(x)
     index = len(self.layers)
+    gram = kind == "conv" and _prefer_gram(taps_kernel_shape, y.shape)
     self.layers.append(Layer(kind, kernel_path, bias_path, kernel_shape,
                              geometry, tuple(y.shape),
-                             _prefer_ghost(kind, taps_kernel_shape, y.shape),
-                             folded_strides))
+                             gram or _prefer_ghost(kind, taps_kernel_shape,
+                                                   y.shape),
+                             folded_strides, gram))
     self.inputs.append(x)
     if self.taps is not None:
       y = y + self.taps[index].astype(y.dtype)
@@ -231,6 +247,19 @@ def _prefer_ghost(kind: str, kernel_shape, out_shape) -> bool:
     # Token-equality Gram (T²·D) against a [V, D] per-example table.
     return t * t <= k * o
   return t * t * (k + o) < t * k * o
+
+
+def _prefer_gram(kernel_shape, out_shape) -> bool:
+  """Whether a conv's norm is cheaper from the Gram: ``T·(K + O) <= K·O``.
+
+  XLA:CPU, B=256, norms alone, 3x3 kernels (ratio of the two sides: tap by
+  tap vs Gram): 4x4 512->512 (0.03) 911 vs 28 ms; 8x8 256->256 (0.28) 348
+  vs 77; 8x8 80->80 (0.89) 33 vs 25; 8x8 64->64 (1.11) 25 vs 23, but 16x16
+  256->256 (1.11) 857 vs 1059 and 16x16 128->128 (2.22) 218 vs 1288.
+  """
+  k, o = math.prod(kernel_shape[:-1]), kernel_shape[-1]
+  t = math.prod(out_shape[:-1])
+  return t * (k + o) <= k * o
 
 
 def _one_example(loss_fn: LossFn, recorder: _Recorder, params, example):
@@ -325,6 +354,12 @@ def _layer_terms(layer: Layer, a: jax.Array, g: jax.Array):
     # B=256: 320 vs 465 ms for a 3x3 32->32 conv at 32x32; 8.9 vs 14.9 ms for
     # cnn_mnist's 8x8 1->16 conv), and needs no [B, T, kh*kw*C] buffer.
     taps = list(_conv_taps(a, layer.geometry, (ho, wo)))
+    if layer.gram:
+      rows = [t.reshape(b, -1, t.shape[-1]) for t in taps]  # [B, T, C]
+      gram_a = sum(jnp.einsum("btc,bsc->bts", r, r) for r in rows)
+      gram_g = jnp.einsum("bto,bso->bts", g_rows, g_rows)
+      kernel_sq = jnp.sum(gram_a * gram_g, axis=(1, 2))
+      return kernel_sq + bias_sq, ("conv_recompute", (taps, g), bias_grads)
     per_tap = [jnp.einsum("b...c,b...o->bco", tap, g) for tap in taps]
     # A folded kernel's entries are a permutation of the original's, so the
     # norms need no unfolding.

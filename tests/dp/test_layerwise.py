@@ -97,6 +97,44 @@ def test_conv_geometries_and_multi_row_dense_match_vmap(assert_same_sums):
   assert float(jnp.min(got.weights)) < 1  # clipping active: weights matter
 
 
+def test_gram_norm_of_convs_matches_vmap_with_pads_strides_and_nan(
+    monkeypatch, assert_same_sums):
+  """The Gram form on every conv: asymmetric pads, unfolded strides, a NaN row."""
+  _force_form(monkeypatch, "gram")
+  model = _Geometries()
+  x = jax.random.uniform(jax.random.key(2), (6, 11, 9, 2)).at[4].set(jnp.inf)
+  y = jnp.arange(6) % 4
+  params = model.init(jax.random.key(1), x)
+  loss_fn = lambda p, b: models.cross_entropy_loss(model.apply(p, b[0]), b[1])
+  plan = layerwise.plan(lambda p, b: (loss_fn(p, b), None), params, (x, y))
+  assert [l.gram for l in plan.layers] == [True] * 3 + [False] * 3
+  mask = jnp.arange(6) != 1
+  rule = dp.clip(0.05)
+  ref = dp.weighted_grad_sum(loss_fn, params, (x, y), rule, mask=mask,
+                             path="vmap")
+  got = dp.weighted_grad_sum(loss_fn, params, (x, y), rule, mask=mask,
+                             path="layerwise")
+  assert float(got.weights[4]) == 0 and float(got.weights[1]) == 0
+  assert_same_sums(got, ref)
+
+
+def test_cost_model_takes_the_gram_norm_for_resnet_late_stages():
+  """resnet18 at 32 px: the 8x8 and 4x4 stages' 3x3 convs use the Gram norm
+  (T·(K+O) <= K·O), the 32x32 and 16x16 ones the tap-wise form."""
+  apply_fn, params = models.create("resnet18", 10, (32, 32, 3),
+                                   jax.random.key(0))
+  x, y = _batch((32, 32, 3), b=2)
+  plan = layerwise.plan(lambda p, b: (models.cross_entropy_loss(
+      apply_fn(p, b[0]), b[1]), None), params, (x, y))
+  convs = [l for l in plan.layers if l.kind == "conv"
+           and l.kernel_shape[:2] == (3, 3)]
+  sides = {l.out_shape[1]: set() for l in convs}
+  for l in convs:
+    sides[l.out_shape[1]].add(l.gram)
+  assert sides == {32: {False}, 16: {False}, 8: {True}, 4: {True}}
+  assert all(l.ghost for l in convs if l.gram)
+
+
 class _FoldedStrides(nn.Module):
   """Strided convs whose strides divide their kernels: run space-to-depth."""
 
@@ -108,21 +146,28 @@ class _FoldedStrides(nn.Module):
     return nn.Dense(4, name="head")(x.reshape(x.shape[0], -1))
 
 
-@pytest.mark.parametrize("ghost", [False, True])
-def test_folded_strided_convs_match_vmap_in_both_forms(ghost, monkeypatch,
+def _force_form(monkeypatch, form):
+  """Every layer in one form (the cost model would mix them)."""
+  monkeypatch.setattr(layerwise, "_prefer_ghost",
+                      lambda kind, kernel_shape, out_shape: form != "materialised")
+  monkeypatch.setattr(layerwise, "_prefer_gram",
+                      lambda kernel_shape, out_shape: form == "gram")
+
+
+@pytest.mark.parametrize("form", ["materialised", "taps", "gram"])
+def test_folded_strided_convs_match_vmap_in_every_form(form, monkeypatch,
                                                        assert_same_sums):
   model = _FoldedStrides()
   x = jax.random.uniform(jax.random.key(0), (6, 11, 9, 2))
   y = jnp.arange(6) % 4
   params = model.init(jax.random.key(1), x)
-  # Force one form for every layer (the cost model would mix them).
-  monkeypatch.setattr(layerwise, "_prefer_ghost",
-                      lambda kind, kernel_shape, out_shape: ghost)
+  _force_form(monkeypatch, form)
   plan = layerwise.plan(lambda p, b: (models.cross_entropy_loss(
       model.apply(p, b[0]), b[1]), None), params, (x, y))
   assert [l.folded_strides for l in plan.layers] == [(2, 3), (2, 2), None]
   assert plan.layers[0].geometry.kernel_hw == (2, 1)
-  assert [l.ghost for l in plan.layers] == [ghost] * 3
+  assert [l.ghost for l in plan.layers] == [form != "materialised"] * 3
+  assert [l.gram for l in plan.layers] == [form == "gram"] * 2 + [False]
   loss_fn = lambda p, b: models.cross_entropy_loss(model.apply(p, b[0]), b[1])
   rule = dp.clip(0.05)
   ref = dp.weighted_grad_sum(loss_fn, params, (x, y), rule, path="vmap")
