@@ -91,7 +91,7 @@ def _quiet_orbax():
       lg.setLevel(level)
 
 
-def _mute_closed_loop_errors() -> None:
+def _mute_closed_loop_errors():
   """Drops the "Event loop is closed" errors a failed restore leaves behind.
 
   When orbax's restore of a damaged checkpoint fails, its asyncio loop closes
@@ -99,12 +99,15 @@ def _mute_closed_loop_errors() -> None:
   calls back into the closed loop from a TensorStore thread, and TensorStore
   reports the RuntimeError through `sys.unraisablehook` (a traceback per read,
   dozens per checkpoint). They say nothing beyond the `CorruptCheckpointError`
-  already raised, so after the first failed restore the hook skips exactly
-  this error and passes every other one on.
+  already raised, so the hook skips exactly this error and passes every other
+  one on. `restore` installs it before reading, since reads can finish while
+  the failure is still propagating (seen on a loaded machine), and keeps it
+  after a failed restore, whose aborted reads finish later; after a
+  successful one it puts the previous hook back.
   """
   previous = sys.unraisablehook
   if getattr(previous, "jaxleak_mutes_closed_loop", False):
-    return
+    return previous
 
   def hook(unraisable):
     exc = unraisable.exc_value
@@ -114,6 +117,7 @@ def _mute_closed_loop_errors() -> None:
 
   hook.jaxleak_mutes_closed_loop = True
   sys.unraisablehook = hook
+  return previous
 
 
 def _is_typed_key(x: Any) -> bool:
@@ -337,16 +341,17 @@ class Checkpointer:
     args = _ocp().args
     restore_arg = (args.StandardRestore() if target is None
                    else args.StandardRestore(_abstract(target)))
+    previous_hook = _mute_closed_loop_errors()
     try:
       with _quiet_orbax():
         raw = self._manager.restore(
             step, args=args.Composite(state=restore_arg)).state
     except Exception as e:
-      _mute_closed_loop_errors()
       raise CorruptCheckpointError(
           f"checkpoint step {step} at {path} cannot be restored (truncated, "
           "damaged, or saved from a pytree unlike argument 'target'): "
           f"{type(e).__name__}: {_one_line(e)}") from e
+    sys.unraisablehook = previous_hook  # nothing in flight: unmute
     if tree_checksum(raw) != checksum:
       raise CorruptCheckpointError(
           f"checkpoint step {step} at {path} fails its checksum: the files were "

@@ -136,6 +136,23 @@ def test_restore_without_target_passes_the_checksum(tmp_path):
                                 state["opt_state"][0].mu["dense"]["bias"])
 
 
+def test_successful_restore_leaves_the_unraisable_hook_alone(tmp_path,
+                                                             monkeypatch):
+  """The hook that mutes aborted reads is installed for the read only; a
+  restore that succeeds puts the caller's hook back."""
+  import sys
+
+  def mine(unraisable):
+    del unraisable
+  monkeypatch.setattr(sys, "unraisablehook", mine)
+  state = {"w": jnp.arange(4.0)}
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state, {"step": 1})
+    restored, _ = ckpt.restore(state, step=1)
+  assert sys.unraisablehook is mine
+  np.testing.assert_array_equal(restored["w"], state["w"])
+
+
 def test_failed_restore_leaves_no_event_loop_noise(tmp_path, monkeypatch):
   """Issue 20 item 8: a truncated checkpoint is one error, not dozens of
   "Event loop is closed" tracebacks from orbax's aborted reads."""
