@@ -549,12 +549,13 @@ def main() -> None:
         if not rows:
           continue
         ok = [r for r in rows if "error" not in r]
-        row = dict(rows[-1]) if not ok else dict(
-            ok[-1],
-            samples_per_s=statistics.median(r["samples_per_s"] for r in ok),
-            samples_per_s_runs=[r["samples_per_s"] for r in ok],
+        # Medians of samples/s, the largest memory peaks; no per-run step_ms.
+        row = dict(rows[-1]) if not ok else {
+            "samples_per_s": statistics.median(r["samples_per_s"] for r in ok),
+            "samples_per_s_runs": [r["samples_per_s"] for r in ok],
+            "device": ok[-1]["device"],
             **{k: max(r[k] for r in ok) for k in ("peak_rss_mb", "peak_device_mb")
-               if k in ok[-1]})
+               if k in ok[-1]}}
         row.update(model=model, batch=batch, method=method)
         results.append(row)
   if args.repeats > 1:

@@ -26,6 +26,7 @@ becomes the top-level API.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import contextlib
 import hashlib
 import json
@@ -91,7 +92,7 @@ def _quiet_orbax():
       lg.setLevel(level)
 
 
-def _mute_closed_loop_errors():
+def _mute_closed_loop_errors() -> Callable[[Any], None]:
   """Drops the "Event loop is closed" errors a failed restore leaves behind.
 
   When orbax's restore of a damaged checkpoint fails, its asyncio loop closes
@@ -103,7 +104,8 @@ def _mute_closed_loop_errors():
   one on. `restore` installs it before reading, since reads can finish while
   the failure is still propagating (seen on a loaded machine), and keeps it
   after a failed restore, whose aborted reads finish later; after a
-  successful one it puts the previous hook back.
+  successful one it puts the previous hook back. Returns the hook that was
+  installed before.
   """
   previous = sys.unraisablehook
   if getattr(previous, "jaxleak_mutes_closed_loop", False):

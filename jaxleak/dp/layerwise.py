@@ -35,8 +35,9 @@ ghost norms:
     ``T²·(K + O)`` instead of ``T·K·O`` per example and forming no
     per-example gradient at all; the weighted sum is recomputed as for
     ghost. This is the per-layer choice of Bu et al.'s (2022) mixed ghost
-    clipping for convolutions, with a threshold from measured cost. XLA:CPU, B=256, one 3x3 512->512 conv at 4x4: 28 ms
-    against 911 ms tap by tap (`_prefer_gram`).
+    clipping for convolutions, with a threshold from measured cost. XLA:CPU,
+    B=256, one 3x3 512->512 conv at 4x4: 28 ms against 911 ms tap by tap
+    (`_prefer_gram`).
 
 Each layer takes the cheaper form. A strided convolution whose strides
 divide its kernel is run, and differentiated, as the equal stride-1
@@ -336,6 +337,11 @@ def _conv_taps(x: jax.Array, geometry: conv_geometry.ConvGeometry, out_hw):
       yield xp[..., i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
 
 
+def _gram(rows: jax.Array) -> jax.Array:
+  """Per-example Gram matrix ``R_i R_iᵀ`` of rows ``[B, T, D]``: ``[B, T, T]``."""
+  return jnp.einsum("btd,bsd->bts", rows, rows)
+
+
 def _layer_terms(layer: Layer, a: jax.Array, g: jax.Array):
   """Per-example squared norm ``[B]`` and the data needed for the weighted sum."""
   b = g.shape[0]
@@ -355,10 +361,9 @@ def _layer_terms(layer: Layer, a: jax.Array, g: jax.Array):
     # cnn_mnist's 8x8 1->16 conv), and needs no [B, T, kh*kw*C] buffer.
     taps = list(_conv_taps(a, layer.geometry, (ho, wo)))
     if layer.gram:
-      rows = [t.reshape(b, -1, t.shape[-1]) for t in taps]  # [B, T, C]
-      gram_a = sum(jnp.einsum("btc,bsc->bts", r, r) for r in rows)
-      gram_g = jnp.einsum("bto,bso->bts", g_rows, g_rows)
-      kernel_sq = jnp.sum(gram_a * gram_g, axis=(1, 2))
+      # A_i A_iᵀ over the im2col rows, summed tap by tap ([B, T, C] each).
+      gram_a = sum(_gram(t.reshape(b, -1, t.shape[-1])) for t in taps)
+      kernel_sq = jnp.sum(gram_a * _gram(g_rows), axis=(1, 2))
       return kernel_sq + bias_sq, ("conv_recompute", (taps, g), bias_grads)
     per_tap = [jnp.einsum("b...c,b...o->bco", tap, g) for tap in taps]
     # A folded kernel's entries are a permutation of the original's, so the
@@ -375,9 +380,7 @@ def _layer_terms(layer: Layer, a: jax.Array, g: jax.Array):
       kernel_sq = (jnp.sum(jnp.square(a_rows), axis=(1, 2))
                    * jnp.sum(jnp.square(g_rows), axis=(1, 2)))
     else:
-      gram_a = jnp.einsum("btk,bsk->bts", a_rows, a_rows)
-      gram_g = jnp.einsum("bto,bso->bts", g_rows, g_rows)
-      kernel_sq = jnp.sum(gram_a * gram_g, axis=(1, 2))
+      kernel_sq = jnp.sum(_gram(a_rows) * _gram(g_rows), axis=(1, 2))
     return kernel_sq + bias_sq, ("ghost", (a_rows, g_rows), bias_grads)
   kernel_grads = jnp.einsum("btk,bto->bko", a_rows, g_rows)
   kernel_sq = jnp.sum(jnp.square(kernel_grads.reshape(b, -1)), axis=1)
@@ -403,8 +406,7 @@ def _embed_terms(layer: Layer, tokens: jax.Array, g_rows: jax.Array):
   g_rows = jnp.where(valid[..., None], g_rows, 0)
   if layer.ghost:
     same = (tok[:, :, None] == tok[:, None, :]) & (tok[:, :, None] >= 0)
-    gram_g = jnp.einsum("bto,bso->bts", g_rows, g_rows)
-    return jnp.sum(jnp.where(same, gram_g, 0), axis=(1, 2)), (
+    return jnp.sum(jnp.where(same, _gram(g_rows), 0), axis=(1, 2)), (
         "embed_scatter", (tok, g_rows), None)
   rows = jnp.where(tok >= 0, tok, v)  # Row v is out of range: dropped.
   per_example = jax.vmap(

@@ -99,7 +99,8 @@ def test_conv_geometries_and_multi_row_dense_match_vmap(assert_same_sums):
 
 def test_gram_norm_of_convs_matches_vmap_with_pads_strides_and_nan(
     monkeypatch, assert_same_sums):
-  """The Gram form on every conv: asymmetric pads, unfolded strides, a NaN row."""
+  """The Gram form on every conv: asymmetric pads, unfolded strides, an Inf
+  row and a masked row."""
   _force_form(monkeypatch, "gram")
   model = _Geometries()
   x = jax.random.uniform(jax.random.key(2), (6, 11, 9, 2)).at[4].set(jnp.inf)
