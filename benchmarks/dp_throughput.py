@@ -500,6 +500,9 @@ def main() -> None:
   args = ap.parse_args()
   if args.repeats < 1:
     ap.error(f"argument --repeats: must be at least 1, got {args.repeats}")
+  if args.worker_timeout is not None and not args.worker_timeout > 0:
+    ap.error("argument --worker-timeout: must be positive seconds, got "
+             f"{args.worker_timeout}")
   if args.worker:
     worker(args)
     return
