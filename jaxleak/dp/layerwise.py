@@ -337,6 +337,62 @@ def _conv_taps(x: jax.Array, geometry: conv_geometry.ConvGeometry, out_hw):
       yield xp[..., i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
 
 
+# Stacked taps per chunk of `_tap_products`'s CPU loop, and the largest chunk.
+# XLA:CPU, B=256, chunks of 1-32 examples: the best held 4 examples of 1.2 MB
+# of taps, 4-8 of 0.6 MB, 8-16 of 0.29 MB, 32 of 0.11 MB.
+_TAP_CHUNK_BYTES = 4 * 2**20
+_MAX_TAP_CHUNK = 32
+
+
+def _tap_chunk(example_bytes: int) -> int:
+  """Examples per chunk: the power of two nearest ``_TAP_CHUNK_BYTES / example_bytes``, in [1, 32]."""
+  ratio = _TAP_CHUNK_BYTES / max(1, example_bytes)
+  return int(min(_MAX_TAP_CHUNK, max(1, 2 ** round(math.log2(ratio)))))
+
+
+def _tap_products_whole_batch(a, g, geometry, out_hw, norms: bool):
+  """`_tap_products` as one batched product per tap (GPU, TPU)."""
+  per_tap = [jnp.einsum("b...c,b...o->bco", tap, g)
+             for tap in _conv_taps(a, geometry, out_hw)]
+  if norms:  # Reduced tap by tap: no [B, taps, C, O] buffer.
+    return sum(jnp.sum(jnp.square(p), axis=(1, 2)) for p in per_tap)
+  return jnp.stack(per_tap, axis=1)
+
+
+def _tap_products_chunked(a, g, geometry, out_hw, norms: bool):
+  """`_tap_products` over cache-sized chunks of examples (CPU)."""
+  def one(example):
+    a_i, g_i = example
+    prods = jnp.einsum("k...c,...o->kco",
+                       jnp.stack(list(_conv_taps(a_i, geometry, out_hw))), g_i)
+    return jnp.sum(jnp.square(prods)) if norms else prods
+  (kh, kw), c = geometry.kernel_hw, a.shape[-1]
+  tap_bytes = kh * kw * math.prod(g.shape[1:-1]) * c * a.dtype.itemsize
+  return jax.lax.map(one, (a, g), batch_size=min(a.shape[0],
+                                                 _tap_chunk(tap_bytes)))
+
+
+def _tap_products(a: jax.Array, g: jax.Array,
+                  geometry: conv_geometry.ConvGeometry, out_hw, norms: bool):
+  """Per-example tap-wise kernel gradients ``[B, kh·kw, C, O]``, or their squared norms ``[B]``.
+
+  ``a`` ``[B, ..., H, W, C]`` is the (padded here) layer input and ``g``
+  ``[B, ..., Ho, Wo, O]`` the output gradient. On the GPU (and TPU) each tap
+  is one batched product over the whole batch. On the CPU the batch is
+  walked in chunks whose taps stay in cache (`_tap_chunk`), all taps of a
+  chunk in one product: XLA:CPU streams every whole-batch tap slice through
+  memory. B=256, products alone, whole batch -> chunked: 3x3 32->32 at 32x32
+  189 -> 70 ms; 64->64 at 16x16 140 -> 67; 32->64 at 16x16 59 -> 34; 3->32
+  at 32x32 13.4 -> 8.6; 64->128 at 8x8 100 -> 55. Whole DP steps, B=256,
+  medians of 2 runs in separate processes: cnn_cifar 329 -> 370 samples/s,
+  resnet18 31.3 -> 34.4.
+  """
+  args = dict(geometry=geometry, out_hw=out_hw, norms=norms)
+  return jax.lax.platform_dependent(
+      a, g, cpu=lambda a, g: _tap_products_chunked(a, g, **args),
+      default=lambda a, g: _tap_products_whole_batch(a, g, **args))
+
+
 def _gram(rows: jax.Array) -> jax.Array:
   """Per-example Gram matrix ``R_i R_iᵀ`` of rows ``[B, T, D]``: ``[B, T, T]``."""
   return jnp.einsum("btd,bsd->bts", rows, rows)
@@ -365,13 +421,13 @@ def _layer_terms(layer: Layer, a: jax.Array, g: jax.Array):
       gram_a = sum(_gram(t.reshape(b, -1, t.shape[-1])) for t in taps)
       kernel_sq = jnp.sum(gram_a * _gram(g_rows), axis=(1, 2))
       return kernel_sq + bias_sq, ("conv_recompute", (taps, g), bias_grads)
-    per_tap = [jnp.einsum("b...c,b...o->bco", tap, g) for tap in taps]
     # A folded kernel's entries are a permutation of the original's, so the
     # norms need no unfolding.
     if layer.ghost:
-      kernel_sq = sum(jnp.sum(jnp.square(t), axis=(1, 2)) for t in per_tap)
+      kernel_sq = _tap_products(a, g, layer.geometry, (ho, wo), norms=True)
       return kernel_sq + bias_sq, ("conv_recompute", (taps, g), bias_grads)
-    kernel_grads = _conv_kernel(layer, jnp.stack(per_tap, axis=1), (b,))
+    kernel_grads = _conv_kernel(
+        layer, _tap_products(a, g, layer.geometry, (ho, wo), norms=False), (b,))
     kernel_sq = jnp.sum(jnp.square(kernel_grads.reshape(b, -1)), axis=1)
     return kernel_sq + bias_sq, ("materialised", kernel_grads, bias_grads)
   a_rows = a.reshape(b, -1, layer.kernel_shape[0])

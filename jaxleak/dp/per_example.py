@@ -42,6 +42,7 @@ path on both benchmark CNNs.
 from __future__ import annotations
 
 from collections.abc import Callable
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -308,13 +309,14 @@ def _layerwise(loss_fn, params, batch, weight_rule, mask, the_plan,
                microbatch_size, batch_size) -> WeightedGradSum:
   """Layerwise path, chunked with ``lax.map`` when `microbatch_size` is set."""
   mask = jnp.ones(batch_size, bool) if mask is None else jnp.asarray(mask)
+  example_bytes = sum(math.prod(layer.out_shape) * 4 for layer in the_plan.layers)
   def one_part(part):
     sub_batch, sub_mask = part
     return layerwise.weighted_grad_sum(loss_fn, params, sub_batch, weight_rule,
                                        sub_mask, the_plan)
   def chunk_fn(chunk):
     size = jax.tree.leaves(chunk)[0].shape[0]
-    n = _independent_parts(size)
+    n = _independent_parts(size, example_bytes)
     if n == 1:
       return one_part(chunk)
     parts = [one_part(jax.tree.map(lambda a: a[i * size // n:(i + 1) * size // n],
@@ -333,25 +335,35 @@ def _layerwise(loss_fn, params, batch, weight_rule, mask, the_plan,
                          *_merge_chunks(per_example, batch_size))
 
 
-# Most independent sub-batches a layerwise chunk is split into on XLA:CPU.
-CPU_INDEPENDENT_PARTS = 4
+# Most independent sub-batches a layerwise chunk is split into on XLA:CPU, and
+# the least each one holds: examples, and bytes of layer outputs.
+CPU_INDEPENDENT_PARTS = 16
+MIN_PART_EXAMPLES = 16
+MIN_PART_BYTES = 2**20
 
 
-def _independent_parts(size: int) -> int:
+def _independent_parts(size: int, example_bytes: int) -> int:
   """How many independent sub-batches a layerwise chunk of `size` is split into.
 
   XLA:CPU runs independent operations concurrently, one per core, while one
   small operation parallelises poorly over cores; smaller sub-batches also
-  stay in cache. Measured on 2 cores, whole DP steps, median samples/s with
-  1 / 2 / 4 parts: cnn_cifar B=256 165 / 185 / 207; cnn_mnist B=256
-  7337 / 7633 / 8136, B=1024 5188 / 5563 / 6128 (8 parts: no further gain).
-  Results and temporary memory are unchanged. Other backends (one stream of
-  large kernels) gain nothing and get 1. Parts keep at least 32 examples.
+  stay in cache. But each part is its own copy of the per-example graph
+  (compile time grows with the count) and tiny parts pay per-operation
+  overhead. So: as many parts as divide `size` evenly, up to 16, each with
+  at least 16 examples and 1 MB of layer outputs (`example_bytes` per
+  example). Measured on 2 cores, whole DP steps (ms, medians), 4 / 8 / 16
+  parts at B=256: cnn_cifar (449 KB per example) 699 / 648 / 616; ViT (244
+  KB) 260 / 243 / 236; text transformer (240 KB) 259 / - / 243; resnet18
+  7822 / 7469 / 7440; cnn_mnist (16 KB) 15.6 / 17.3 / 18.5, where the rule
+  keeps 4 (earlier: 1 / 2 / 4 parts 7337 / 7633 / 8136 samples/s). Results
+  and temporary memory are unchanged. Other backends (one stream of large
+  kernels) gain nothing and get 1.
   """
   if jax.default_backend() != "cpu":
     return 1
   n = CPU_INDEPENDENT_PARTS
-  while n > 1 and (size % n or size // n < 32):
+  while n > 1 and (size % n or size // n < MIN_PART_EXAMPLES
+                   or size // n * example_bytes < MIN_PART_BYTES):
     n //= 2
   return n
 

@@ -8,6 +8,7 @@ import pytest
 
 from jaxleak import dp
 from jaxleak import models
+from jaxleak._src import conv_geometry
 from jaxleak.dp import layerwise
 
 
@@ -225,8 +226,15 @@ def test_plain_jax_loss_without_flax_layers_is_refused_by_layerwise():
 def test_independent_parts_split_large_batches_without_changing_results(
     monkeypatch):
   from jaxleak.dp import per_example  # pylint: disable=g-import-not-at-top
-  assert [per_example._independent_parts(b) for b in (10, 64, 96, 128, 130, 63)] == [
-      1, 2, 2, 4, 2, 1]
+  big = per_example.MIN_PART_BYTES  # One example fills a part's bytes.
+  assert [per_example._independent_parts(b, big)
+          for b in (10, 32, 64, 96, 128, 130, 63, 256, 512)] == [
+              1, 2, 4, 4, 8, 2, 1, 16, 16]
+  # Small examples (16 KB, cnn_mnist) need 64 to a part.
+  assert [per_example._independent_parts(b, 2**14)
+          for b in (64, 128, 256, 1024)] == [1, 2, 4, 16]
+  # 8x8 digits are too small to split at B=128 by the rule; split them anyway.
+  monkeypatch.setattr(per_example, "MIN_PART_BYTES", 0)
   apply_fn, params = models.create("cnn_mnist", 10, (8, 8, 1), jax.random.key(2))
   loss_fn = _classifier_loss(apply_fn)
   batch = _batch((8, 8, 1), b=128, nan_row=5)
@@ -245,3 +253,28 @@ def test_independent_parts_split_large_batches_without_changing_results(
     np.testing.assert_allclose(got.aux[keep], ref.aux[keep], rtol=1e-5, atol=1e-6)
     for x, y in zip(jax.tree.leaves(got.grad_sum), jax.tree.leaves(ref.grad_sum)):
       np.testing.assert_allclose(x, y, rtol=0, atol=2e-5 * float(jnp.max(jnp.abs(y))))
+
+
+@pytest.mark.parametrize("strides,pads", [((1, 1), ((1, 1), (1, 1))),
+                                          ((2, 1), ((0, 2), (1, 0)))])
+def test_chunked_tap_products_equal_the_whole_batch_form(strides, pads):
+  # The CPU walks the batch in chunks (37 = 9 chunks of 4 and a remainder of
+  # 1 here); the GPU's whole-batch form must give the same numbers.
+  geometry = conv_geometry.ConvGeometry((3, 3), strides, pads)
+  a = jax.random.normal(jax.random.key(0), (37, 1, 40, 40, 24))
+  out_hw = ((40 + sum(pads[0]) - 3) // strides[0] + 1,
+            (40 + sum(pads[1]) - 3) // strides[1] + 1)
+  g = jax.random.normal(jax.random.key(1), (37, 1) + out_hw + (8,))
+  assert layerwise._tap_chunk(9 * out_hw[0] * out_hw[1] * 24 * 4) < 37
+  for norms in (False, True):
+    whole = layerwise._tap_products_whole_batch(a, g, geometry, out_hw, norms)
+    chunked = layerwise._tap_products_chunked(a, g, geometry, out_hw, norms)
+    assert whole.shape == ((37,) if norms else (37, 9, 24, 8))
+    np.testing.assert_allclose(chunked, whole, rtol=2e-5,
+                               atol=2e-5 * float(jnp.max(jnp.abs(whole))))
+
+
+def test_tap_chunks_hold_about_four_megabytes():
+  assert [layerwise._tap_chunk(b) for b in (
+      9 * 1024 * 32 * 4, 9 * 256 * 64 * 4, 9 * 256 * 32 * 4, 9 * 1024 * 3 * 4,
+      64 * 2**20, 1)] == [4, 8, 16, 32, 1, 32]
