@@ -480,9 +480,10 @@ def worker(args) -> None:
 
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--models", nargs="+", default=list(SHAPES))
+  ap.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
   ap.add_argument("--batches", nargs="+", type=int, default=[64, 256, 1024])
-  ap.add_argument("--methods", nargs="+", default=list(JAX_METHODS + TORCH_METHODS))
+  ap.add_argument("--methods", nargs="+", default=list(JAX_METHODS + TORCH_METHODS),
+                  choices=list(JAX_METHODS + TORCH_METHODS))
   ap.add_argument("--min-time", type=float, default=4.0)
   ap.add_argument("--repeats", type=int, default=1,
                   help="runs of every configuration, round-robin; the tables "
@@ -498,6 +499,8 @@ def main() -> None:
   ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
   ap.add_argument("--method", help=argparse.SUPPRESS)
   args = ap.parse_args()
+  if any(b < 1 for b in args.batches):
+    ap.error(f"argument --batches: must be positive, got {args.batches}")
   if args.repeats < 1:
     ap.error(f"argument --repeats: must be at least 1, got {args.repeats}")
   if args.worker_timeout is not None and not args.worker_timeout > 0:
