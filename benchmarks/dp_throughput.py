@@ -287,8 +287,11 @@ def _torch_twins():
     def forward(self, x):
       b, t, d = x.shape
       q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).unbind(2)
-      att = torch.einsum("bthd,bshd->bhts", q, k) / math.sqrt(d // self.heads)
-      out = torch.einsum("bhts,bshd->bthd", att.softmax(-1), v)
+      # jaxleak.models.transformers.attention's form (softmax normalised
+      # after the value product); measured no different from softmax here.
+      logits = torch.einsum("bthd,bshd->bhts", q / math.sqrt(d // self.heads), k)
+      e = torch.exp(logits - logits.amax(-1, keepdim=True).detach())
+      out = torch.einsum("bhts,bshd->bthd", e, v) / e.sum(-1).transpose(1, 2)[..., None]
       return self.out(out.reshape(b, t, d))
 
   class EncoderBlock(nn.Module):
