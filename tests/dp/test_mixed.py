@@ -98,3 +98,45 @@ def test_nnx_model_through_split_and_merge(assert_same_sums):
       loss_fn, s, (x, y), dp.clip(1.0), mask=mask, path="vmap").grad_sum)(state)
   for got, ref in zip(jax.tree.leaves(updates), jax.tree.leaves(want)):
     np.testing.assert_allclose(got, -0.1 * ref / 6, atol=1e-7)
+
+
+def test_cpu_loop_chunks_walk_transformer_batches_without_changing_results(
+    monkeypatch, assert_same_sums):
+  from jaxleak.dp import per_example  # pylint: disable=g-import-not-at-top
+  apply_fn, params = models.create("text_transformer", 5, (10,),
+                                   jax.random.key(0), **TINY)
+  b = 128
+  x = jax.random.randint(jax.random.key(1), (b, 10), 0, 256)
+  y = jnp.arange(b) % 5
+  loss_fn = lambda p, bt: models.cross_entropy_loss(apply_fn(p, bt[0]), bt[1])
+  aux_loss = lambda p, bt: (loss_fn(p, bt), None)
+  text_plan = layerwise.plan(aux_loss, params, (x, y))
+  cnn_fn, cnn_params = models.create("cnn_mnist", 10, (8, 8, 1),
+                                     jax.random.key(2))
+  cnn_plan = layerwise.plan(
+      lambda p, bt: (models.cross_entropy_loss(cnn_fn(p, bt[0]), bt[1]), None),
+      cnn_params, (jnp.ones((2, 8, 8, 1)), jnp.zeros(2, jnp.int32)))
+  big = per_example.MIN_PART_BYTES  # One example fills a part's bytes.
+  chunk = lambda size, example_bytes, plan: per_example._cpu_loop_chunk(
+      size, example_bytes, plan)
+  # 4 parts of the least size the rules allow (16 examples, 1 MB).
+  assert [chunk(s, big, text_plan) for s in (64, 96, 128, 256, 1024)] == [
+      None, None, 64, 64, 64]
+  assert chunk(1024, 2**14, text_plan) == 256  # 64 examples of 16 KB a part.
+  # A conv after the first layer keeps the unrolled parts (a loop body runs
+  # its input gradient 20x slower on XLA:CPU).
+  assert chunk(1024, big, cnn_plan) is None
+
+  monkeypatch.setattr(per_example, "MIN_PART_BYTES", 0)  # Tiny examples.
+  assert chunk(b, 1, text_plan) == 64
+  mask = jnp.arange(b) % 9 != 4
+  rule = dp.psac(0.05, 0.1)
+  run = lambda path: jax.jit(lambda p: dp.weighted_grad_sum(
+      loss_fn, p, (x, y), rule, mask=mask, path=path))(params)
+  looped = run("auto")
+  monkeypatch.setattr(per_example, "CPU_LOOP_PARTS", b)  # Unrolled parts.
+  unrolled = run("auto")
+  ref = run("vmap")
+  assert_same_sums(looped, ref)
+  assert_same_sums(unrolled, ref)
+  np.testing.assert_allclose(looped.norms, unrolled.norms, rtol=1e-6)
