@@ -32,6 +32,15 @@ def test_gaussian_like_is_one_key_per_leaf_in_leaf_order():
               "b": 0.5 * jax.random.normal(kb, (5,), jnp.float16)}
   chex.assert_trees_all_equal(noise, expected)
   chex.assert_trees_all_equal_dtypes(noise, tree)
+  # Leaves sharing one padded draw (sizes 5-8, and 1) get their own keys'
+  # values; so do a scalar and an empty leaf.
+  tree = [jnp.zeros((2, 3)), jnp.zeros(7), jnp.zeros(()), jnp.zeros((0, 4)),
+          jnp.zeros(8), jnp.zeros(())]
+  keys = jax.random.split(key, len(tree))
+  noise = jax.jit(lambda t: tree_util.gaussian_like(t, key, 2.0))(tree)
+  for got, k, x in zip(noise, keys, tree):
+    np.testing.assert_array_equal(got, 2.0 * jax.random.normal(k, x.shape))
+  assert len({float(n[0]) for n in (noise[0].ravel(), noise[1], noise[4])}) == 3
 
 
 def test_check_int_and_canonical_key():
