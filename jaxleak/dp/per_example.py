@@ -391,13 +391,14 @@ def _cpu_loop_chunk(size: int, example_bytes: int,
   (medians): B=256, 16 parts of 16 -> 4 chunks of 4 parts of 16: 184 ->
   141, compilation 17 -> 5 s, peak RSS 948-1020 -> 602 MB; text transformer
   170 -> 125; B=1024, chunks of 64 / 128 / 256 examples: 536 / 541 / 577
-  (16 parts of 64, unchained: 938). Not when a convolution other than the
-  first layer is tapped: inside a loop body XLA:CPU runs a convolution's
-  input gradient without YNNPACK, 20x slower (cnn_cifar, B=256: 587 -> 1817
-  ms).
+  (16 parts of 64, unchained: 938). Not when a convolution past the first
+  layer is one the recorder leaves to Flax (strided and not foldable, or
+  with a dtype or precision): inside a loop body XLA:CPU runs autodiff's
+  input gradient of a convolution without YNNPACK, 20x slower (cnn_cifar,
+  B=256: 587 -> 1817 ms), which `layerwise.stride1_conv` avoids.
   """
   n = _independent_parts(size, example_bytes)
-  if n <= CPU_LOOP_PARTS or any(layer.kind == "conv"
+  if n <= CPU_LOOP_PARTS or any(layer.kind == "conv" and not layer.own_conv
                                 for layer in the_plan.layers[1:]):
     return None
   part = size // n  # n >= 8 divides size, so 4 * part / 2^j divides it too.

@@ -278,3 +278,27 @@ def test_tap_chunks_hold_about_four_megabytes():
   assert [layerwise._tap_chunk(b) for b in (
       9 * 1024 * 32 * 4, 9 * 256 * 64 * 4, 9 * 256 * 32 * 4, 9 * 1024 * 3 * 4,
       64 * 2**20, 1)] == [4, 8, 16, 32, 1, 32]
+
+
+@pytest.mark.parametrize("pads", [((1, 1), (1, 1)), ((0, 2), (2, 0)),
+                                  ((0, 0), (0, 0))])
+def test_stride1_conv_equals_lax_conv_with_both_gradients(pads):
+  x = jax.random.normal(jax.random.key(0), (2, 7, 6, 3))
+  kernel = jax.random.normal(jax.random.key(1), (3, 2, 3, 4))
+  def lax_conv(x, k):
+    return jax.lax.conv_general_dilated(x, k, (1, 1), pads,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  own = lambda x, k: layerwise.stride1_conv(x, k, pads)
+  np.testing.assert_allclose(own(x, kernel), lax_conv(x, kernel), rtol=1e-5,
+                             atol=1e-5)
+  cot = jax.random.normal(jax.random.key(2), lax_conv(x, kernel).shape)
+  loss = lambda f: lambda x, k: jnp.sum(f(x, k) * cot)
+  for got, want in zip(jax.grad(loss(own), (0, 1))(x, kernel),
+                       jax.grad(loss(lax_conv), (0, 1))(x, kernel)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  # Under vmap over examples (as the layerwise path runs it).
+  squared = lambda f: lambda x1, k: jnp.sum(f(x1[None], k) ** 2)
+  np.testing.assert_allclose(
+      jax.vmap(jax.grad(squared(own)), (0, None))(x, kernel),
+      jax.vmap(jax.grad(squared(lax_conv)), (0, None))(x, kernel),
+      rtol=1e-4, atol=1e-4)

@@ -123,9 +123,26 @@ def test_cpu_loop_chunks_walk_transformer_batches_without_changing_results(
   assert [chunk(s, big, text_plan) for s in (64, 96, 128, 256, 1024)] == [
       None, None, 64, 64, 64]
   assert chunk(1024, 2**14, text_plan) == 256  # 64 examples of 16 KB a part.
-  # A conv after the first layer keeps the unrolled parts (a loop body runs
-  # its input gradient 20x slower on XLA:CPU).
-  assert chunk(1024, big, cnn_plan) is None
+  # cnn_mnist's (folded) convolutions run as `layerwise.stride1_conv`; a
+  # conv past the first layer left to Flax (here: an explicit precision)
+  # keeps the unrolled parts (a loop body runs autodiff's input gradient of
+  # a convolution 20x slower on XLA:CPU).
+  assert all(layer.own_conv for layer in cnn_plan.layers if layer.kind == "conv")
+  assert chunk(1024, big, cnn_plan) == 64
+
+  class Convs(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.Conv(4, (3, 3))(x)
+      x = nn.Conv(4, (3, 3), precision=jax.lax.Precision.HIGHEST)(x)
+      return nn.Dense(2)(x.reshape(x.shape[0], -1))
+  convs = Convs()
+  images = jnp.ones((2, 6, 6, 1))
+  convs_plan = layerwise.plan(
+      lambda p, bt: (jnp.mean(convs.apply(p, bt)), None),
+      convs.init(jax.random.key(0), images), images)
+  assert [layer.own_conv for layer in convs_plan.layers] == [True, False, False]
+  assert chunk(1024, big, convs_plan) is None
 
   monkeypatch.setattr(per_example, "MIN_PART_BYTES", 0)  # Tiny examples.
   assert chunk(b, 1, text_plan) == 64
