@@ -147,7 +147,13 @@ def test_sigint_outside_a_run_loop_says_what_a_rerun_does(
 # one jitted scan) ignored Ctrl-C until the call ended: the CLI matrix's
 # sample-prior SIGINT cell was "no exit within 60 s".
 _STUCK = r"""
+import signal
 import sys
+# Ctrl-C as a shell leaves it for a command, which Python turns into
+# KeyboardInterrupt. Set here, not in a preexec_fn (which forks a
+# multithreaded test process): the test worker may ignore SIGINT, and an
+# ignored signal stays ignored across exec.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import jax
 from jax import lax
 from jaxleak.cli import i2f
@@ -179,12 +185,11 @@ def test_sigint_ends_a_command_without_checkpoints_inside_native_code(
   import sys  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
   env = dict(os.environ, XLA_FLAGS="")
-  # A user's shell starts the command with Ctrl-C at its default action; the
-  # test worker's own SIGINT disposition must not leak into the child.
+  # A user's shell starts the command with Ctrl-C at its default action
+  # (_STUCK restores it); the test worker's own disposition must not leak in.
   proc = subprocess.Popen(
       [sys.executable, "-c", _STUCK, str(tmp_path / "run")], env=env,
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
     assert proc.stdout.readline().strip() == "spinning"
     time.sleep(0.5)
