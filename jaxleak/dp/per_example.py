@@ -362,9 +362,9 @@ def _independent_parts(size: int, example_bytes: int) -> int:
   keeps 4 (earlier: 1 / 2 / 4 parts 7337 / 7633 / 8136 samples/s). Results
   are unchanged, and so, within 12%, is the step's temporary memory (ViT:
   256 MB with 16 parts, 286 MB with 4). Other backends (one stream of large
-  kernels) gain nothing and get 1. Models without convolutions past their
-  first layer (the transformers) walk such batches in chunks of 4 parts
-  instead (`_cpu_loop_chunk`).
+  kernels) gain nothing and get 1. A batch of more than 4 parts is walked
+  in loop chunks of 4 parts instead where the model allows it
+  (`_cpu_loop_chunk`).
   """
   if jax.default_backend() != "cpu":
     return 1
@@ -391,11 +391,12 @@ def _cpu_loop_chunk(size: int, example_bytes: int,
   (medians): B=256, 16 parts of 16 -> 4 chunks of 4 parts of 16: 184 ->
   141, compilation 17 -> 5 s, peak RSS 948-1020 -> 602 MB; text transformer
   170 -> 125; B=1024, chunks of 64 / 128 / 256 examples: 536 / 541 / 577
-  (16 parts of 64, unchained: 938). Not when a convolution past the first
-  layer is one the recorder leaves to Flax (strided and not foldable, or
-  with a dtype or precision): inside a loop body XLA:CPU runs autodiff's
-  input gradient of a convolution without YNNPACK, 20x slower (cnn_cifar,
-  B=256: 587 -> 1817 ms), which `layerwise.stride1_conv` avoids.
+  (16 unrolled parts of 64: 938); cnn_cifar, B=256: 568 -> 532, compilation
+  10.6 -> 4.4 s. Not when a convolution past the first layer is one the
+  recorder leaves to Flax (strided and not foldable, or with a dtype or
+  precision): inside a loop body XLA:CPU runs autodiff's input gradient of
+  a convolution without YNNPACK, 20x slower (cnn_cifar, B=256: 587 -> 1817
+  ms), which `layerwise.stride1_conv` avoids.
   """
   n = _independent_parts(size, example_bytes)
   if n <= CPU_LOOP_PARTS or any(layer.kind == "conv" and not layer.own_conv
