@@ -32,8 +32,8 @@ def test_gaussian_like_is_one_key_per_leaf_in_leaf_order():
               "b": 0.5 * jax.random.normal(kb, (5,), jnp.float16)}
   chex.assert_trees_all_equal(noise, expected)
   chex.assert_trees_all_equal_dtypes(noise, tree)
-  # Leaves sharing one padded draw (sizes 5-8, and 1) get their own keys'
-  # values; so do a scalar and an empty leaf.
+  # Leaves sharing one padded draw (all of these: MIN_DRAW_WIDTH) get their
+  # own keys' values; so do a scalar and an empty leaf.
   tree = [jnp.zeros((2, 3)), jnp.zeros(7), jnp.zeros(()), jnp.zeros((0, 4)),
           jnp.zeros(8), jnp.zeros(())]
   keys = jax.random.split(key, len(tree))

@@ -185,8 +185,11 @@ class _Recorder:
       if geometry is None:
         return next_fun(*args, **kwargs)
       kind, own_conv = "conv", False
-      if (conv_geometry.can_fold_strides(geometry) and module.dtype is None
-          and module.precision is None and x.dtype == kernel.dtype):
+      # The recorder runs a convolution itself only where Flax's would be the
+      # plain one (no dtype or precision of its own).
+      plain = (module.dtype is None and module.precision is None
+               and x.dtype == kernel.dtype)
+      if plain and conv_geometry.can_fold_strides(geometry):
         # Same output; XLA:CPU runs the folded stride-1 convolution several
         # times faster when C is small (cnn_mnist conv0, B=256: 3.1 vs
         # 11.5 ms), and its per-example gradients take kh·kw/(sh·sw) taps.
@@ -196,8 +199,7 @@ class _Recorder:
         taps_kernel_shape = tuple(folded_kernel.shape)
         y = stride1_conv(x, folded_kernel, geometry.pads)
         own_conv = True
-      elif (geometry.strides == (1, 1) and module.dtype is None
-            and module.precision is None and x.dtype == kernel.dtype):
+      elif plain and geometry.strides == (1, 1):
         y = stride1_conv(x, kernel, geometry.pads)
         own_conv = True
       else:

@@ -369,10 +369,15 @@ def _independent_parts(size: int, example_bytes: int) -> int:
   if jax.default_backend() != "cpu":
     return 1
   n = CPU_INDEPENDENT_PARTS
-  while n > 1 and (size % n or size // n < MIN_PART_EXAMPLES
-                   or size // n * example_bytes < MIN_PART_BYTES):
+  while n > 1 and (size % n or not _part_fits(size // n, example_bytes)):
     n //= 2
   return n
+
+
+def _part_fits(examples: int, example_bytes: int) -> bool:
+  """Whether a part of `examples` meets the least size of a part."""
+  return (examples >= MIN_PART_EXAMPLES
+          and examples * example_bytes >= MIN_PART_BYTES)
 
 
 # Independent parts per loop step when `_cpu_loop_chunk` walks a batch.
@@ -403,8 +408,7 @@ def _cpu_loop_chunk(size: int, example_bytes: int,
                                 for layer in the_plan.layers[1:]):
     return None
   part = size // n  # n >= 8 divides size, so 4 * part / 2^j divides it too.
-  while (part % 2 == 0 and part // 2 >= MIN_PART_EXAMPLES
-         and part // 2 * example_bytes >= MIN_PART_BYTES):
+  while part % 2 == 0 and _part_fits(part // 2, example_bytes):
     part //= 2
   return CPU_LOOP_PARTS * part
 

@@ -117,8 +117,7 @@ def test_cpu_loop_chunks_walk_transformer_batches_without_changing_results(
       lambda p, bt: (models.cross_entropy_loss(cnn_fn(p, bt[0]), bt[1]), None),
       cnn_params, (jnp.ones((2, 8, 8, 1)), jnp.zeros(2, jnp.int32)))
   big = per_example.MIN_PART_BYTES  # One example fills a part's bytes.
-  chunk = lambda size, example_bytes, plan: per_example._cpu_loop_chunk(
-      size, example_bytes, plan)
+  chunk = per_example._cpu_loop_chunk
   # 4 parts of the least size the rules allow (16 examples, 1 MB).
   assert [chunk(s, big, text_plan) for s in (64, 96, 128, 256, 1024)] == [
       None, None, 64, 64, 64]
