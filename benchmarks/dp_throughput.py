@@ -567,6 +567,8 @@ def main() -> None:
                if k in ok[-1]}}
         row.update(model=model, batch=batch, method=method)
         results.append(row)
+      if args.out:  # Rows so far: a run stopped by a time limit keeps them.
+        _write_json(args.out, results)
   if args.repeats > 1:
     print(f"\nMedian of {args.repeats} runs (samples/s; peak RSS is the largest):")
     for row in results:
@@ -603,8 +605,13 @@ def main() -> None:
             f"| {ratio('opacus', mine=mesh)} "
             f"| {ratio('opacus', 'peak_device_mb' if on_device else 'peak_rss_mb')} |")
   if args.out:
-    with open(args.out, "w") as f:
-      json.dump(results, f, indent=2)
+    _write_json(args.out, results)
+
+
+def _write_json(path: str, results: list[dict]) -> None:
+  with open(path + ".tmp", "w") as f:
+    json.dump(results, f, indent=2)
+  os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":
