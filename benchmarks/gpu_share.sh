@@ -10,17 +10,23 @@
 # 2. jaxleak's DP step and non-private step at batch 256 and 1024 for the
 #    two CNNs, resnet18 and the ViT: the share (goal: at least 0.8).
 # 3. The same DP step against Opacus 1.6 and PyTorch's non-private step at
-#    batch 256, if torch and opacus import (an Opacus wheel in .whl/ is
-#    installed for this run only: the device machine has no network).
+#    batch 256, if torch and opacus import (the device machine has no
+#    network: an Opacus wheel in .whl/ is installed for this run only).
 # Every step has its own time limit, so a slow one costs only its own rows.
 set -uo pipefail
 out=${1:-${OUT:-gpu_run}}
 mkdir -p "$out"
-if ! python3 -c "import opacus" 2>/dev/null && compgen -G ".whl/opacus-*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --target /tmp/opacus_site .whl/opacus-*.whl
-  export PYTHONPATH=/tmp/opacus_site${PYTHONPATH:+:$PYTHONPATH}
-fi
+# Wheels carried in .whl/ (opacus, flax, optax...) stand in for packages the
+# machine lacks, for this run only.
+for wheel in .whl/*.whl; do
+  [[ -e $wheel ]] || continue
+  module=$(basename "$wheel"); module=${module%%-*}
+  if ! python3 -c "import $module" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+      --target /tmp/wheel_site "$wheel"
+  fi
+done
+[[ -d /tmp/wheel_site ]] && export PYTHONPATH=/tmp/wheel_site${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 models=(cnn_mnist cnn_cifar resnet18 vit)
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
