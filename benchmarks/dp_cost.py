@@ -145,30 +145,14 @@ def compiled_cost(fn, *args) -> dict:
 
 def model_costs(model: str, batch: int) -> dict:
   """Compiled costs of the DP-PSASC train step and the SGD step of `model`."""
-  from dp_throughput import SHAPES  # pylint: disable=g-import-not-at-top
-  from dp_throughput import VOCAB  # pylint: disable=g-import-not-at-top
+  from dp_throughput import jax_setup  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
 
   from jaxleak import dp  # pylint: disable=g-import-not-at-top
   from jaxleak import dp_training  # pylint: disable=g-import-not-at-top
-  from jaxleak import models  # pylint: disable=g-import-not-at-top
 
-  shape = SHAPES[model]
-  apply_fn, params = models.create(model, 10, shape, jax.random.key(0))
-  rng = np.random.default_rng(0)
-  if model == "text_transformer":
-    x = jnp.asarray(rng.integers(0, VOCAB, (batch,) + shape), jnp.int32)
-  else:
-    x = jnp.asarray(rng.random((batch,) + shape, np.float32))
-  y = jnp.asarray(rng.integers(0, 10, batch), jnp.int32)
-  mask = jnp.ones(batch, bool)
-
-  def loss_fn(p, b):
-    return models.cross_entropy_loss(apply_fn(p, b[0]), b[1])
-
+  apply_fn, params, loss_fn, (x, y, mask) = jax_setup(model, batch)
   rule = dp.psasc(1.0, 0.1, 1.0)
   dp_opt = dp_training.make_dp_optimizer(rule, 1.0, jax.random.key(1),
                                          expected_batch_size=batch,

@@ -97,16 +97,13 @@ def _timeit(step, state, min_time, min_steps=3):
 
 
 # ----------------------------------------------------------------------------- JAX
-def run_jax(model: str, batch: int, method: str, min_time: float) -> dict:
+def jax_setup(model: str, batch: int):
+  """``apply_fn, params, loss_fn, (x, y, mask)``: a model and a random batch."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
 
-  from jaxleak import dp  # pylint: disable=g-import-not-at-top
-  from jaxleak import dp_training  # pylint: disable=g-import-not-at-top
   from jaxleak import models  # pylint: disable=g-import-not-at-top
-  from jaxleak import sharding  # pylint: disable=g-import-not-at-top
 
   shape = SHAPES[model]
   apply_fn, params = models.create(model, 10, shape, jax.random.key(0))
@@ -116,11 +113,22 @@ def run_jax(model: str, batch: int, method: str, min_time: float) -> dict:
   else:
     x = jnp.asarray(rng.random((batch,) + shape, np.float32))
   y = jnp.asarray(rng.integers(0, 10, batch), jnp.int32)
-  mask = jnp.ones(batch, bool)
 
   def loss_fn(p, b):
     return models.cross_entropy_loss(apply_fn(p, b[0]), b[1])
 
+  return apply_fn, params, loss_fn, (x, y, jnp.ones(batch, bool))
+
+
+def run_jax(model: str, batch: int, method: str, min_time: float) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+
+  from jaxleak import dp  # pylint: disable=g-import-not-at-top
+  from jaxleak import dp_training  # pylint: disable=g-import-not-at-top
+  from jaxleak import sharding  # pylint: disable=g-import-not-at-top
+
+  apply_fn, params, loss_fn, (x, y, mask) = jax_setup(model, batch)
   if method.startswith("jaxleak_psasc"):
     path = method[len("jaxleak_psasc_"):]
     mesh = None
