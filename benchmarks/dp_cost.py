@@ -47,7 +47,6 @@ sys.path.insert(0, HERE)  # dp_throughput's models and inputs
 # Entry-computation instructions that launch no work of their own.
 _FREE_OPS = frozenset({"parameter", "constant", "tuple", "get-tuple-element",
                        "bitcast", "after-all", "partition-id", "replica-id"})
-_OPCODE = re.compile(r"=\s.*?\s([a-z][a-z0-9\-]*)\(")
 # Control flow passes its operands by reference: no bytes of its own.
 _CONTROL_OPS = frozenset({"while", "conditional", "call"})
 _INSTRUCTION = re.compile(
@@ -64,23 +63,26 @@ def use_accelerator_path() -> None:
   # One independent part per batch, so no loop chunks either.
   per_example.CPU_INDEPENDENT_PARTS = 1
   # `_tap_products` branches on the platform inside the traced program.
-  layerwise._tap_products = (  # pylint: disable=protected-access
-      lambda a, g, geometry, out_hw, norms:
-      layerwise._tap_products_whole_batch(a, g, geometry, out_hw, norms))  # pylint: disable=protected-access
+  layerwise._tap_products = layerwise._tap_products_whole_batch  # pylint: disable=protected-access
 
 
-def entry_ops(hlo_text: str) -> int:
-  """Operations in the ENTRY computation of compiled HLO text, free ones aside."""
+def entry_instructions(hlo_text: str) -> list[tuple[str, ...]]:
+  """``(name, shape, opcode, operands, rest)`` of each ENTRY instruction."""
   lines = hlo_text.splitlines()
   start = next(i for i, line in enumerate(lines) if line.startswith("ENTRY"))
-  count = 0
+  instructions = []
   for line in lines[start + 1:]:
     if line.startswith("}"):
       break
-    match = _OPCODE.search(line)
-    if match and match.group(1) not in _FREE_OPS:
-      count += 1
-  return count
+    match = _INSTRUCTION.match(line)
+    if match:
+      instructions.append(match.groups())
+  return instructions
+
+
+def entry_ops(instructions) -> int:
+  """Operations among `entry_instructions`, free ones aside."""
+  return sum(opcode not in _FREE_OPS for _, _, opcode, _, _ in instructions)
 
 
 def _shape_bytes(shape: str) -> int:
@@ -90,25 +92,17 @@ def _shape_bytes(shape: str) -> int:
              for dtype, dims in _ARRAY.findall(shape))
 
 
-def bytes_by_op_name(hlo_text: str) -> collections.Counter:
-  """Bytes each ENTRY operation reads and writes, summed by its op_name.
+def bytes_by_op_name(instructions) -> collections.Counter:
+  """Bytes each of `entry_instructions` reads and writes, summed by op_name.
 
   Estimated from the compiled HLO's shapes (operands plus result), grouped
   by the last part of the JAX op name that made the operation, with
   "forward:" and "backward:" marking the model's own passes. A map of where
   a step moves memory, not XLA's own per-operation figure.
   """
-  lines = hlo_text.splitlines()
-  start = next(i for i, line in enumerate(lines) if line.startswith("ENTRY"))
   sizes: dict[str, int] = {}
   groups: collections.Counter = collections.Counter()
-  for line in lines[start + 1:]:
-    if line.startswith("}"):
-      break
-    match = _INSTRUCTION.match(line)
-    if not match:
-      continue
-    name, shape, opcode, operands, rest = match.groups()
+  for name, shape, opcode, operands, rest in instructions:
     sizes[name] = _shape_bytes(shape)
     if opcode in _FREE_OPS or opcode in _CONTROL_OPS:
       continue
@@ -133,14 +127,14 @@ def compiled_cost(fn, *args) -> dict:
   if isinstance(cost, (list, tuple)):  # older jax: one dict per program
     cost = cost[0]
   memory = compiled.memory_analysis()
-  text = compiled.as_text()
+  instructions = entry_instructions(compiled.as_text())
   return {"gflop": cost.get("flops", 0.0) / 1e9,
           "gb_accessed": cost.get("bytes accessed", 0.0) / 1e9,
-          "ops": entry_ops(text),
+          "ops": entry_ops(instructions),
           "temp_mb": (memory.temp_size_in_bytes / 2**20
                       if memory is not None else float("nan")),
           "mb_by_op_name": {k: v / 2**20 for k, v in
-                            bytes_by_op_name(text).most_common()}}
+                            bytes_by_op_name(instructions).most_common()}}
 
 
 def model_costs(model: str, batch: int) -> dict:

@@ -612,8 +612,6 @@ def main() -> None:
             f"| {ratio('torch_nonprivate')} | {ratio('opacus', mine=readme)} "
             f"| {ratio('opacus', mine=mesh)} "
             f"| {ratio('opacus', 'peak_device_mb' if on_device else 'peak_rss_mb')} |")
-  if args.out:
-    _write_json(args.out, results)
 
 
 def _write_json(path: str, results: list[dict]) -> None:
